@@ -48,16 +48,22 @@ GRANT USAGE ON SCHEMA public TO mana_app, mana_projector, mana_auditor;
 -- RLS helpers. A transaction states who it acts for with
 -- set_config('mana.user_id', …, true) and set_config('mana.scope', …, true);
 -- scope is one of user (the default), app, admin, auditor, system.
+-- +goose StatementBegin
 CREATE FUNCTION mana_scope() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$ SELECT coalesce(nullif(current_setting('mana.scope', true), ''), 'user') $$;
+-- +goose StatementEnd
 
+-- +goose StatementBegin
 CREATE FUNCTION mana_user_id() RETURNS uuid
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$ SELECT nullif(current_setting('mana.user_id', true), '')::uuid $$;
+-- +goose StatementEnd
 
 -- mana_can_see reports whether the current transaction may read a row that
 -- belongs to user u: its owner, or an admin, auditor or system scope.
+-- +goose StatementBegin
 CREATE FUNCTION mana_can_see(u uuid) RETURNS boolean
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$ SELECT mana_scope() IN ('admin', 'auditor', 'system') OR u = mana_user_id() $$;
+-- +goose StatementEnd

@@ -28,6 +28,7 @@ CREATE INDEX events_feed_idx ON events (tx_id, position);
 CREATE INDEX events_type_idx ON events (event_type, tx_id, position);
 
 -- Append-only for every role, superuser and owner included.
+-- +goose StatementBegin
 CREATE FUNCTION events_refuse_change() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -35,6 +36,7 @@ BEGIN
         USING ERRCODE = 'insufficient_privilege';
 END
 $$;
+-- +goose StatementEnd
 
 CREATE TRIGGER events_no_update_delete
     BEFORE UPDATE OR DELETE ON events

@@ -1,0 +1,48 @@
+package eventstore
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/manacore/mana/eventstore/internal/db"
+	"github.com/manacore/mana/internal/pg"
+)
+
+// ReadFeed returns up to limit events after the cursor in feed order,
+// (tx_id, position). It returns only events of transactions below the
+// cluster's snapshot horizon (pg_snapshot_xmin of the current snapshot): a
+// transaction still in flight may hold a smaller tx_id than events already
+// committed, and everything from it on waits until it ends. So no event can
+// ever appear before a cursor a reader has passed.
+func (s *Store) ReadFeed(ctx context.Context, after Cursor, limit int) ([]Record, error) {
+	var out []Record
+	err := pg.InTx(ctx, s.pool, pg.Actor{Role: pg.RoleProjector, Scope: pg.ScopeSystem}, func(tx pgx.Tx) error {
+		rows, err := db.New(tx).EventsFeed(ctx, db.EventsFeedParams{
+			AfterTx: after.TxID, AfterPosition: after.Position, MaxEvents: int32(limit),
+		})
+		if err != nil {
+			return fmt.Errorf("read feed: %w", err)
+		}
+		out = make([]Record, len(rows))
+		for i, r := range rows {
+			out[i] = recordFromRow(r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Horizon returns the oldest transaction id still in flight in the
+// cluster: the feed's current limit. It stalls while any write transaction
+// anywhere in the cluster stays open.
+func (s *Store) Horizon(ctx context.Context) (uint64, error) {
+	var h uint64
+	err := pg.InTx(ctx, s.pool, pg.Actor{Role: pg.RoleProjector, Scope: pg.ScopeSystem}, func(tx pgx.Tx) error {
+		var err error
+		h, err = db.New(tx).EventsFeedHorizon(ctx)
+		return err
+	})
+	return h, err
+}
