@@ -3,6 +3,7 @@ package eventstore
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -45,4 +46,18 @@ func (s *Store) Horizon(ctx context.Context) (uint64, error) {
 		return err
 	})
 	return h, err
+}
+
+// FeedStall returns how long the oldest transaction holding an xid anywhere
+// in the cluster has been open: the feed cannot pass it. It reads
+// pg_stat_activity as the connection user, since the service's roles may
+// not see other sessions.
+func (s *Store) FeedStall(ctx context.Context) (time.Duration, error) {
+	var secs float64
+	err := s.pool.QueryRow(ctx, `SELECT coalesce(extract(epoch FROM max(clock_timestamp() - xact_start)), 0)::float8
+		FROM pg_stat_activity WHERE backend_xid IS NOT NULL`).Scan(&secs)
+	if err != nil {
+		return 0, fmt.Errorf("feed stall: %w", err)
+	}
+	return time.Duration(secs * float64(time.Second)), nil
 }

@@ -49,31 +49,12 @@ func loadDevSecrets(c *Config) error {
 // two processes starting together agree on one key.
 func devKey(dir, name string, size int) ([]byte, error) {
 	path := filepath.Join(dir, name)
-	raw, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		key := make([]byte, size)
-		if _, err := rand.Read(key); err != nil {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		if err := createKeyFile(dir, name, size); err != nil {
 			return nil, err
 		}
-		tmp, err := os.CreateTemp(dir, name+".*")
-		if err != nil {
-			return nil, fmt.Errorf("write %s: %w", path, err)
-		}
-		_, werr := tmp.WriteString(base64.StdEncoding.EncodeToString(key) + "\n")
-		cerr := tmp.Close()
-		if werr != nil || cerr != nil {
-			os.Remove(tmp.Name())
-			return nil, fmt.Errorf("write %s: %w", path, errors.Join(werr, cerr))
-		}
-		// Link, not rename: if another process created the key first, keep
-		// its key and read it back.
-		if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, fs.ErrExist) {
-			os.Remove(tmp.Name())
-			return nil, fmt.Errorf("write %s: %w", path, err)
-		}
-		os.Remove(tmp.Name())
-		raw, err = os.ReadFile(path)
 	}
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
@@ -82,4 +63,30 @@ func devKey(dir, name string, size int) ([]byte, error) {
 		return nil, fmt.Errorf("%s: want %d bytes of base64", path, size)
 	}
 	return key, nil
+}
+
+// createKeyFile writes a fresh random key unless the file appeared
+// meanwhile.
+func createKeyFile(dir, name string, size int) error {
+	path := filepath.Join(dir, name)
+	key := make([]byte, size)
+	if _, err := rand.Read(key); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, name+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.WriteString(base64.StdEncoding.EncodeToString(key) + "\n")
+	cerr := tmp.Close()
+	if werr != nil || cerr != nil {
+		return fmt.Errorf("write %s: %w", path, errors.Join(werr, cerr))
+	}
+	// Link, not rename: if another process created the key first, keep its
+	// key.
+	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }

@@ -62,7 +62,7 @@ CREATE TABLE idempotency_keys (
     user_id       uuid,
     request_hash  bytea       NOT NULL CHECK (length(request_hash) = 32),
     status        integer     NOT NULL DEFAULT 0,
-    response      jsonb,
+    response      bytea,
     position      text,
     created_at    timestamptz NOT NULL DEFAULT statement_timestamp(),
     expires_at    timestamptz,

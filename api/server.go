@@ -1,0 +1,380 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/manacore/mana/domain"
+)
+
+// DefaultBodyLimit is the request body limit when Config.BodyLimit is zero.
+const DefaultBodyLimit int64 = 1 << 20
+
+// Config configures New. The zero value is usable: every field has a default.
+type Config struct {
+	// BodyLimit is the largest request body accepted, in bytes; larger
+	// bodies are answered with 413 PAYLOAD_TOO_LARGE. Zero or negative means
+	// DefaultBodyLimit (1 MiB).
+	BodyLimit int64
+	// Logger receives the request log and the one log line per unexpected
+	// error. Nil means a JSON logger on standard error.
+	Logger *slog.Logger
+	// Registry receives the HTTP metrics and is what /metrics exposes. Nil
+	// means a registry of the server's own, with the Go and process
+	// collectors registered on it; a registry passed in is used as is.
+	Registry *prometheus.Registry
+	// Health backs /health and /health/ready. Nil means a service with no
+	// dependencies: always ready, no checks.
+	Health HealthChecker
+	// Version is the build version, reported by /health and as the label of
+	// mana_build_info. Empty leaves both out.
+	Version string
+	// Clock stamps error envelopes. Nil means domain.SystemClock.
+	Clock domain.Clock
+}
+
+// Server is the HTTP edge: an Echo instance with Mana Core's middleware, error
+// handler and operational routes. Register further routes through API (or
+// Echo) before serving; like Echo itself, routes must not be added while
+// requests are being served. SetReady is safe for concurrent use.
+type Server struct {
+	echo     *echo.Echo
+	api      *echo.Group
+	logger   *slog.Logger
+	registry *prometheus.Registry
+	health   HealthChecker
+	version  string
+	clock    domain.Clock
+	metrics  *httpMetrics
+	ready    atomic.Bool
+}
+
+// New builds a Server from cfg, applying the defaults documented on Config.
+// The server starts ready. It panics only when cfg.Registry already holds a
+// collector that clashes with the HTTP metrics.
+func New(cfg Config) *Server {
+	if cfg.BodyLimit <= 0 {
+		cfg.BodyLimit = DefaultBodyLimit
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = domain.SystemClock
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+		cfg.Registry.MustRegister(
+			collectors.NewGoCollector(),
+			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		)
+	}
+
+	s := &Server{
+		logger:   cfg.Logger,
+		registry: cfg.Registry,
+		health:   cfg.Health,
+		version:  cfg.Version,
+		clock:    cfg.Clock,
+	}
+	s.ready.Store(true)
+	s.metrics = newHTTPMetrics(cfg.Registry, cfg.Version)
+
+	s.echo = echo.NewWithConfig(echo.Config{
+		Logger:           cfg.Logger,
+		HTTPErrorHandler: s.handleError,
+		// Without overwriting, registering the same method and path twice
+		// panics at startup instead of silently replacing a handler.
+		Router: echo.NewRouter(echo.RouterConfig{}),
+	})
+	// Order matters: the request id exists before anything logs; headers are
+	// set before anything writes; observe sees the final status because it
+	// runs the error handler itself; recover sits inside observe so a panic
+	// is answered, logged and counted like any other error; the body limit
+	// comes last so its 413 takes the same path, and so a route's own
+	// BodyLimit finds the server-wide limiter already in place.
+	s.echo.Use(s.requestID, securityHeaders, s.observe, recoverPanics, BodyLimit(cfg.BodyLimit))
+	s.api = s.echo.Group("/api/v1")
+	s.routes()
+	return s
+}
+
+// routes registers everything this package serves. Feature routes are added
+// by their own packages through API.
+func (s *Server) routes() {
+	s.echo.GET("/health/live", s.live)
+	s.echo.GET("/health/ready", s.readyz)
+	s.echo.GET("/health", s.healthz)
+	s.echo.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{
+		Registry: s.registry, // counts scrape failures in promhttp_metric_handler_errors_total
+	})))
+	s.api.GET("/openapi.json", serveOpenAPI)
+}
+
+// Handler returns the http.Handler to serve, with all middleware applied.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Echo returns the underlying Echo instance, for registering routes outside
+// /api/v1 (such as /.well-known) or setting Echo options like IPExtractor.
+func (s *Server) Echo() *echo.Echo { return s.echo }
+
+// API returns the /api/v1 route group. Every route added to it must also be
+// described in openapi.json; the apitest client fails tests that reach an
+// undocumented one.
+func (s *Server) API() *echo.Group { return s.api }
+
+// Registry returns the Prometheus registry that /metrics exposes, so other
+// packages can register their collectors on the same endpoint.
+func (s *Server) Registry() *prometheus.Registry { return s.registry }
+
+// SetReady switches readiness. With false, /health/ready answers 503 whatever
+// the HealthChecker says, so a load balancer stops sending traffic before the
+// server shuts down. It is safe to call concurrently with requests.
+func (s *Server) SetReady(ready bool) { s.ready.Store(ready) }
+
+// Context keys. Echo's store is per request; the request context carries the
+// id further down, into ports and their logs.
+const (
+	serverKey    = "mana.api.server"
+	requestIDKey = "mana.api.request_id"
+	errorCodeKey = "mana.api.error_code"
+	limiterKey   = "mana.api.body_limiter"
+)
+
+type requestIDContextKey struct{}
+
+// RequestID returns the id of the request c serves, or "" outside a Server.
+func RequestID(c *echo.Context) string {
+	id, _ := c.Get(requestIDKey).(string)
+	return id
+}
+
+// RequestIDFromContext returns the request id carried by ctx, or "" when ctx
+// does not come from a request served by a Server. Ports use it to correlate
+// their own log lines with the request log.
+func RequestIDFromContext(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDContextKey{}).(string)
+	return id
+}
+
+// serverFrom returns the Server handling c, or nil when c did not pass
+// through a Server's middleware (a handler tested on its own).
+func serverFrom(c *echo.Context) *Server {
+	s, _ := c.Get(serverKey).(*Server)
+	return s
+}
+
+// loggerAndClock returns s's logger and clock, falling back to Echo's logger
+// and the system clock so that helpers also work on a nil Server.
+func (s *Server) loggerAndClock(c *echo.Context) (*slog.Logger, domain.Clock) {
+	if s == nil {
+		return c.Logger(), domain.SystemClock
+	}
+	return s.logger, s.clock
+}
+
+// requestID adopts the client's X-Request-Id when it is a plausible id, and
+// otherwise generates one. A client-chosen id is useful for tracing across
+// services, but it lands in logs, so anything that could forge log content
+// or bloat it is replaced.
+func (s *Server) requestID(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c *echo.Context) error {
+		req := c.Request()
+		id := req.Header.Get(echo.HeaderXRequestID)
+		if !validRequestID(id) {
+			id = uuid.NewString()
+		}
+		c.Response().Header().Set(echo.HeaderXRequestID, id)
+		c.Set(requestIDKey, id)
+		c.Set(serverKey, s)
+		c.SetRequest(req.WithContext(context.WithValue(req.Context(), requestIDContextKey{}, id)))
+		return next(c)
+	}
+}
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		switch b := id[i]; {
+		case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9',
+			b == '-', b == '_', b == '.', b == ':':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// securityHeaders sets the headers every response carries. They are set
+// before the handler runs, so error responses get them too.
+func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c *echo.Context) error {
+		h := c.Response().Header()
+		h.Set(echo.HeaderXContentTypeOptions, "nosniff")
+		h.Set(echo.HeaderXFrameOptions, "DENY")
+		h.Set(echo.HeaderReferrerPolicy, "no-referrer")
+		if c.Scheme() == "https" {
+			h.Set(echo.HeaderStrictTransportSecurity, "max-age=63072000; includeSubDomains")
+		}
+		if strings.HasPrefix(c.Request().URL.Path, "/api/") {
+			// API answers carry balances, tokens and personal data: no
+			// shared or browser cache may keep them.
+			h.Set(echo.HeaderCacheControl, "no-store")
+		}
+		return next(c)
+	}
+}
+
+// recoverPanics turns a panic into an error carrying the stack, which the
+// error handler logs and answers as 500. http.ErrAbortHandler is re-raised
+// because net/http uses it to abort a response on purpose.
+func recoverPanics(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c *echo.Context) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				if r == http.ErrAbortHandler { //nolint:errorlint // sentinel compared as net/http does
+					panic(r)
+				}
+				err = &panicError{value: r, stack: debug.Stack()}
+			}
+		}()
+		return next(c)
+	}
+}
+
+// observe runs the error handler itself, so that the request log and the RED
+// metrics see the status the client actually got, then records both.
+func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c *echo.Context) error {
+		start := time.Now()
+		if err := next(c); err != nil {
+			s.handleError(c, err)
+		}
+		elapsed := time.Since(start)
+
+		resp, status := echo.ResolveResponseStatus(c.Response(), nil)
+		req := c.Request()
+		method := methodLabel(req.Method)
+		route := routeLabel(c)
+		s.metrics.requests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
+		s.metrics.duration.WithLabelValues(method, route).Observe(elapsed.Seconds())
+
+		// Only the route template is logged, never the raw path or query:
+		// either may carry tokens or e-mail addresses.
+		attrs := []slog.Attr{
+			slog.String("request_id", RequestID(c)),
+			slog.String("method", method),
+			slog.String("route", route),
+			slog.Int("status", status),
+			slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
+		}
+		if resp != nil {
+			attrs = append(attrs, slog.Int64("bytes", resp.Size))
+		}
+		if code, ok := c.Get(errorCodeKey).(string); ok {
+			attrs = append(attrs, slog.String("error_code", code))
+		}
+		s.logger.LogAttrs(req.Context(), requestLogLevel(route, status), "http request", attrs...)
+		return nil
+	}
+}
+
+// requestLogLevel keeps probes and scrapes, which arrive every few seconds,
+// out of the default log unless they fail.
+func requestLogLevel(route string, status int) slog.Level {
+	switch {
+	case status >= 500:
+		return slog.LevelWarn
+	case status < 400 && (strings.HasPrefix(route, "/health") || route == "/metrics"):
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
+}
+
+// unmatchedRoute labels requests that matched no route, so that scanners
+// probing random paths cannot blow up the metric's cardinality.
+const unmatchedRoute = "unmatched"
+
+// routeLabel returns the route template the request matched.
+func routeLabel(c *echo.Context) string {
+	ri := c.RouteInfo()
+	if ri.Name == echo.NotFoundRouteName || ri.Method == echo.RouteNotFound || c.Path() == "" {
+		return unmatchedRoute
+	}
+	return c.Path()
+}
+
+// methodLabel bounds the method label to the standard methods, for the same
+// reason as unmatchedRoute.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return "OTHER"
+}
+
+// httpMetrics are the RED metrics of the HTTP edge.
+type httpMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func newHTTPMetrics(reg *prometheus.Registry, version string) *httpMetrics {
+	m := &httpMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mana_http_requests_total",
+			Help: "HTTP requests served, by method, route template and status.",
+		}, []string{"method", "route", "status"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "mana_http_request_duration_seconds",
+			Help: "Time from routing to the end of the response, by method and route template.",
+			// Finer than the default buckets at the low end: most routes
+			// answer in well under 10 ms.
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"method", "route"}),
+	}
+	m.requests = registerOrReuse(reg, m.requests)
+	m.duration = registerOrReuse(reg, m.duration)
+	if version != "" {
+		info := registerOrReuse(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mana_build_info",
+			Help: "Always 1; the version label names the running build.",
+		}, []string{"version"}))
+		info.WithLabelValues(version).Set(1)
+	}
+	return m
+}
+
+// registerOrReuse registers c, or returns the identical collector already on
+// reg, so that several Servers (tests, or a restart in-process) can share a
+// registry.
+func registerOrReuse[C prometheus.Collector](reg *prometheus.Registry, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		panic("api: register metrics: " + err.Error())
+	}
+	return c
+}
