@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Makes sure every service the tests need answers, starting it when it does
+# not and we are allowed to (root on a Debian machine). Fails loudly
+# otherwise: tests never skip a service.
+set -euo pipefail
+
+pg_ready() {
+  if [ -n "${TEST_DATABASE_URL:-}" ]; then
+    psql "$TEST_DATABASE_URL" -Atqc 'SELECT 1' >/dev/null 2>&1
+  else
+    pg_isready -q -h /var/run/postgresql && psql "postgres:///test?host=/var/run/postgresql" -Atqc 'SELECT 1' >/dev/null 2>&1
+  fi
+}
+
+if ! pg_ready; then
+  if [ -z "${TEST_DATABASE_URL:-}" ] && [ "$(id -u)" = 0 ] && command -v pg_ctlcluster >/dev/null; then
+    echo "services: starting the local PostgreSQL cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    for _ in $(seq 1 30); do pg_ready && break; sleep 1; done
+    # The tests use the database "test" as their admin connection.
+    if pg_isready -q -h /var/run/postgresql && ! pg_ready; then
+      su postgres -c "createuser --superuser root" 2>/dev/null || true
+      createdb -h /var/run/postgresql test 2>/dev/null || true
+    fi
+  fi
+fi
+if ! pg_ready; then
+  echo "services: PostgreSQL is not reachable (TEST_DATABASE_URL=${TEST_DATABASE_URL:-unset}); tests need it" >&2
+  exit 1
+fi
+echo "services: PostgreSQL ok"

@@ -1,0 +1,144 @@
+package domain_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/manacore/mana/domain"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden event payloads")
+
+var at = time.Date(2026, 11, 26, 8, 30, 0, 123456000, time.UTC)
+
+// samples holds one fully populated event of every type. A new event type
+// without a sample fails TestEveryEventTypeHasAGoldenPayload.
+var samples = []domain.Event{
+	&domain.PackageCreated{PackageID: uuid.MustParse("8e0c3d1a-4f55-5d0e-9b1c-2a7f4e6d8c90"), Name: "Starter", Credits: 100, PriceCents: 100, Currency: "eur", SortOrder: 1, Active: true},
+	&domain.UserRegistered{UserID: uuid.MustParse("0b7e4a52-9c1d-4f3e-8a6b-5d2c1e0f9a87"), Email: "ada@example.com", Name: "Ada", Role: "user", RegisteredAt: at},
+	&domain.UserErased{UserID: uuid.MustParse("0b7e4a52-9c1d-4f3e-8a6b-5d2c1e0f9a87"), ErasedAt: at},
+}
+
+// TestEveryEventTypeHasAGoldenPayload pins each payload's JSON shape: a
+// change to a field name, type or tag shows up as a golden diff and needs a
+// new schema version with an upcaster.
+func TestEveryEventTypeHasAGoldenPayload(t *testing.T) {
+	t.Parallel()
+	seen := map[string]bool{}
+	for _, ev := range samples {
+		name := fmt.Sprintf("%s.v%d.json", ev.EventType(), ev.SchemaVersion())
+		seen[ev.EventType()] = true
+		t.Run(name, func(t *testing.T) {
+			got, err := json.MarshalIndent(ev, "", "  ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, '\n')
+			path := filepath.Join("testdata", "events", name)
+			if *update {
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("no golden payload (run go test ./domain -update): %v", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("payload of %s changed:\n got %s\nwant %s", ev.EventType(), got, want)
+			}
+			// The golden file decodes back to the same event, with unknown
+			// fields refused.
+			fresh, ok := domain.NewEvent(ev.EventType())
+			if !ok {
+				t.Fatalf("%s is not in the catalog", ev.EventType())
+			}
+			dec := json.NewDecoder(bytes.NewReader(want))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(fresh); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(fresh, ev) {
+				t.Fatalf("decoded %+v, want %+v", fresh, ev)
+			}
+		})
+	}
+	for _, typ := range domain.EventTypes() {
+		if !seen[typ] {
+			t.Errorf("event type %s has no golden sample", typ)
+		}
+	}
+}
+
+func TestEventTypesFollowTheNamingRule(t *testing.T) {
+	t.Parallel()
+	rule := regexp.MustCompile(`^[a-z][a-z_]*\.[a-z][a-z_]*$`)
+	for _, typ := range domain.EventTypes() {
+		if !rule.MatchString(typ) {
+			t.Errorf("%s is not <aggregate>.<past_tense>", typ)
+		}
+		ev, _ := domain.NewEvent(typ)
+		if ev.SchemaVersion() < 1 {
+			t.Errorf("%s has schema version %d", typ, ev.SchemaVersion())
+		}
+	}
+}
+
+func TestPersonalFieldsExistInThePayload(t *testing.T) {
+	t.Parallel()
+	for _, ev := range samples {
+		pd, ok := ev.(domain.PersonalData)
+		if !ok {
+			continue
+		}
+		raw, _ := json.Marshal(ev)
+		var fields map[string]any
+		json.Unmarshal(raw, &fields)
+		for _, f := range pd.PersonalFields() {
+			if _, ok := fields[f]; !ok {
+				t.Errorf("%s names personal field %q that its payload does not have", ev.EventType(), f)
+			}
+		}
+		if pd.DataSubject() == uuid.Nil {
+			t.Errorf("%s has no data subject", ev.EventType())
+		}
+	}
+}
+
+func TestDefaultPackagesAreStable(t *testing.T) {
+	t.Parallel()
+	a, b := domain.DefaultPackages(), domain.DefaultPackages()
+	if !reflect.DeepEqual(a, b) || len(a) != 4 {
+		t.Fatalf("default packages differ between calls or count %d", len(a))
+	}
+	for _, p := range a {
+		if p.PriceCents != p.Credits || p.Currency != "eur" {
+			t.Errorf("%s: %d credits for %d cents %s, want 100 credits per euro", p.Name, p.Credits, p.PriceCents, p.Currency)
+		}
+	}
+}
+
+func TestErrorCodeAndMessage(t *testing.T) {
+	t.Parallel()
+	err := fmt.Errorf("wrapped: %w", domain.Errorf(domain.CodeBusy, "busy %d", 1))
+	if domain.ErrorCode(err) != domain.CodeBusy || domain.ErrorMessage(err) != "busy 1" {
+		t.Fatalf("code %s message %q", domain.ErrorCode(err), domain.ErrorMessage(err))
+	}
+	plain := fmt.Errorf("pq: relation users does not exist")
+	if domain.ErrorCode(plain) != domain.CodeInternal || domain.ErrorMessage(plain) == plain.Error() {
+		t.Fatal("an infrastructure error leaks its text")
+	}
+	if domain.ErrorCode(nil) != "" {
+		t.Fatal("nil has a code")
+	}
+}
