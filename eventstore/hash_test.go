@@ -59,7 +59,9 @@ func TestHashIgnoresJSONBReformatting(t *testing.T) {
 		t.Fatal("reformatted JSON hashes differently")
 	}
 	for name, mutate := range map[string]func(*Record){
-		"payload":  func(r *Record) { r.Payload = json.RawMessage(`{"name":"Starter","credits":101,"active":true,"sortOrder":1}`) },
+		"payload": func(r *Record) {
+			r.Payload = json.RawMessage(`{"name":"Starter","credits":101,"active":true,"sortOrder":1}`)
+		},
 		"prev":     func(r *Record) { r.PrevHash = make([]byte, 32); r.PrevHash[0] = 1 },
 		"version":  func(r *Record) { r.StreamVersion = 2 },
 		"time":     func(r *Record) { r.OccurredAt = r.OccurredAt.Add(time.Microsecond) },
