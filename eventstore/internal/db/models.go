@@ -55,10 +55,68 @@ type IdempotencyKey struct {
 	ExpiresAt   pgtype.Timestamptz
 }
 
+type Lease struct {
+	Name       string
+	Holder     string
+	AcquiredAt time.Time
+	ExpiresAt  time.Time
+}
+
+type Package struct {
+	ID         uuid.UUID
+	Name       string
+	Credits    int64
+	PriceCents int64
+	Currency   string
+	SortOrder  int32
+	Active     bool
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+}
+
 type PasswordCredential struct {
 	UserID       uuid.UUID
 	PasswordHash string
 	UpdatedAt    time.Time
+}
+
+type ProjectionCheckpoint struct {
+	Name      string
+	TxID      uint64
+	Position  int64
+	AppliedAt pgtype.Timestamptz
+	UpdatedAt time.Time
+}
+
+type ProjectionFailure struct {
+	Name       string
+	TxID       uint64
+	Position   int64
+	EventID    uuid.UUID
+	Error      string
+	Attempts   int32
+	FirstAt    time.Time
+	LastAt     time.Time
+	ResolvedAt pgtype.Timestamptz
+	Resolution pgtype.Text
+	SkippedBy  pgtype.Text
+}
+
+type RelayCheckpoint struct {
+	Name      string
+	TxID      uint64
+	Position  int64
+	UpdatedAt time.Time
+}
+
+type User struct {
+	ID            uuid.UUID
+	Email         string
+	Name          string
+	Role          string
+	EmailVerified bool
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
 }
 
 type UserPosition struct {
