@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -227,7 +229,8 @@ func (p *envParser) size(name string, def int64) int64 {
 		}
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n <= 0 || n*mult > 64<<20 {
+	// Compared before multiplying: n*mult could overflow to a negative.
+	if err != nil || n <= 0 || n > (64<<20)/mult {
 		p.fail(name, "want a size such as 1MiB (at most 64MiB)")
 		return def
 	}
@@ -297,11 +300,14 @@ func (p *envParser) redisURL() string {
 	if host == "" {
 		return ""
 	}
-	port := p.str("REDIS_PORT", "6379")
+	// Built with net/url so a password with URL delimiters and an IPv6
+	// host survive.
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	u := url.URL{Scheme: "redis", Host: net.JoinHostPort(host, p.str("REDIS_PORT", "6379")), Path: "/0"}
 	if pw := p.str("REDIS_PASSWORD", ""); pw != "" {
-		return fmt.Sprintf("redis://:%s@%s:%s/0", pw, host, port)
+		u.User = url.UserPassword("", pw)
 	}
-	return fmt.Sprintf("redis://%s:%s/0", host, port)
+	return u.String()
 }
 
 // key32 decodes a 32-byte key given as 64 hex digits or base64 (standard or
@@ -330,7 +336,10 @@ func (p *envParser) ed25519(name string) ed25519.PrivateKey {
 	switch {
 	case err == nil && len(b) == ed25519.SeedSize:
 		return ed25519.NewKeyFromSeed(b)
-	case err == nil && len(b) == ed25519.PrivateKeySize:
+	case err == nil && len(b) == ed25519.PrivateKeySize &&
+		ed25519.NewKeyFromSeed(b[:ed25519.SeedSize]).Equal(ed25519.PrivateKey(b)):
+		// The public half must belong to the seed, or signatures would not
+		// verify.
 		return ed25519.PrivateKey(b)
 	}
 	p.fail(name, "want an Ed25519 seed (32 bytes) or private key (64 bytes), hex or base64")

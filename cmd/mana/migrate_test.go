@@ -126,4 +126,3 @@ func exists(t *testing.T, dsn string) bool {
 	}
 	return ok
 }
-

@@ -14,7 +14,7 @@ import (
 const usage = `mana — the Mana Core identity and credit service
 
 Usage:
-  mana serve [--components=api,relay,projections,workers] [--port N]
+  mana serve [--port N]
   mana migrate
   mana ledger verify
 
@@ -42,6 +42,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stdout, usage)
 		if len(args) == 0 {
+			fmt.Fprintln(stderr, "mana: missing command (see mana --help)")
 			return 2
 		}
 		return 0

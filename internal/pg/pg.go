@@ -72,8 +72,12 @@ func ensureDatabase(ctx context.Context, cc *pgx.ConnConfig) error {
 		}
 	}
 	defer conn.Close(ctx)
+	// A concurrent creator of the same database makes this one fail with
+	// duplicate_database when it committed first, or with unique_violation
+	// on pg_database when both inserted the catalog row at once. Either way
+	// the database now exists.
 	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{cc.Database}.Sanitize())
-	if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42P04") {
+	if err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "42P04" || pgErr.Code == "23505")) {
 		return fmt.Errorf("create database %q: %w", cc.Database, err)
 	}
 	return nil
