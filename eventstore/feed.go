@@ -2,6 +2,7 @@ package eventstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -60,4 +61,22 @@ func (s *Store) FeedStall(ctx context.Context) (time.Duration, error) {
 		return 0, fmt.Errorf("feed stall: %w", err)
 	}
 	return time.Duration(secs * float64(time.Second)), nil
+}
+
+// FeedHead returns the newest cursor readers can see now (the zero cursor
+// for an empty feed).
+func (s *Store) FeedHead(ctx context.Context) (Cursor, error) {
+	var c Cursor
+	err := pg.InTx(ctx, s.pool, pg.Actor{Role: pg.RoleProjector, Scope: pg.ScopeSystem}, func(tx pgx.Tx) error {
+		row, err := db.New(tx).EventsFeedHead(ctx)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("feed head: %w", err)
+		}
+		c = Cursor{TxID: row.TxID, Position: row.Position}
+		return nil
+	})
+	return c, err
 }

@@ -17,6 +17,8 @@ Usage:
   mana serve [--port N]
   mana migrate
   mana ledger verify
+  mana events export [--from C] [--to C] [--types a,b] [--format ndjson|csv]
+  mana events tail [--from C] [--types a,b]
 
 Configuration comes from the environment (see README.md). Every command
 accepts --help. Exit status is 0 on success, non-zero with a one-line
@@ -51,6 +53,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		"serve":   cmdServe,
 		"migrate": cmdMigrate,
 		"ledger":  cmdLedger,
+		"events":  cmdEvents,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {

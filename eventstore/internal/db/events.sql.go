@@ -188,6 +188,27 @@ func (q *Queries) EventsFeed(ctx context.Context, arg EventsFeedParams) ([]Event
 	return items, nil
 }
 
+const eventsFeedHead = `-- name: EventsFeedHead :one
+SELECT tx_id, position FROM events
+WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx_id DESC, position DESC
+LIMIT 1
+`
+
+type EventsFeedHeadRow struct {
+	TxID     uint64
+	Position int64
+}
+
+// The newest cursor below the horizon: where a tail starts and what lag is
+// measured against.
+func (q *Queries) EventsFeedHead(ctx context.Context) (EventsFeedHeadRow, error) {
+	row := q.db.QueryRow(ctx, eventsFeedHead)
+	var i EventsFeedHeadRow
+	err := row.Scan(&i.TxID, &i.Position)
+	return i, err
+}
+
 const eventsFeedHorizon = `-- name: EventsFeedHorizon :one
 SELECT pg_snapshot_xmin(pg_current_snapshot())::xid8 AS horizon
 `

@@ -55,3 +55,11 @@ FROM events
 WHERE (stream_type, stream_id, stream_version) > (@after_type::text, @after_id::text, @after_version::bigint)
 ORDER BY stream_type, stream_id, stream_version
 LIMIT @max_events;
+
+-- name: EventsFeedHead :one
+-- The newest cursor below the horizon: where a tail starts and what lag is
+-- measured against.
+SELECT tx_id, position FROM events
+WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx_id DESC, position DESC
+LIMIT 1;

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/manacore/mana/eventstore"
+	"github.com/manacore/mana/internal/pg"
+)
+
+// exportPage is how many events one feed read returns: memory stays
+// constant whatever the log's size.
+const exportPage = 1000
+
+func cmdEvents(ctx context.Context, e *env, args []string) error {
+	const help = "Usage: mana events export|tail [flags]\n\n  export  write the log (or a cursor range) to stdout as NDJSON or CSV\n  tail    follow the log from now (or --from) until interrupted\n"
+	if len(args) == 0 || args[0] == "--help" || args[0] == "-h" {
+		fmt.Fprint(e.stdout, help)
+		if len(args) == 0 {
+			return fmt.Errorf("%w: missing subcommand", errUsage)
+		}
+		return nil
+	}
+	switch args[0] {
+	case "export":
+		return eventsExport(ctx, e, args[1:], false)
+	case "tail":
+		return eventsExport(ctx, e, args[1:], true)
+	}
+	return fmt.Errorf("%w: unknown subcommand %q", errUsage, args[0])
+}
+
+func eventsExport(ctx context.Context, e *env, args []string, follow bool) error {
+	name, synopsis := "events export", "events export [--from CURSOR] [--to CURSOR] [--types a,b] [--stream-type T] [--format ndjson|csv]\n\nWrites every event after --from up to and including --to, in feed order, one per line. Cursors are <tx_id>-<position>."
+	if follow {
+		name, synopsis = "events tail", "events tail [--from CURSOR] [--types a,b] [--stream-type T] [--format ndjson|csv]\n\nFollows the log: prints events as they become readable, from now (or after --from), until interrupted."
+	}
+	fs := newFlags(e, name, synopsis)
+	from := fs.String("from", "", "start after this cursor (default: the beginning; for tail: now)")
+	to := fs.String("to", "", "stop at this cursor, inclusive (export only)")
+	types := fs.String("types", "", "comma-separated event types to keep")
+	streamType := fs.String("stream-type", "", "keep only this stream type")
+	format := fs.String("format", "ndjson", "ndjson or csv")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	after, err := eventstore.ParseCursor(*from)
+	if err != nil {
+		return fmt.Errorf("%w: --from: %v", errUsage, err)
+	}
+	var until *eventstore.Cursor
+	if *to != "" {
+		c, err := eventstore.ParseCursor(*to)
+		if err != nil {
+			return fmt.Errorf("%w: --to: %v", errUsage, err)
+		}
+		until = &c
+	}
+	if *format != "ndjson" && *format != "csv" {
+		return fmt.Errorf("%w: --format must be ndjson or csv", errUsage)
+	}
+	keep := map[string]bool{}
+	for _, t := range strings.Split(*types, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			keep[t] = true
+		}
+	}
+
+	pool, err := pg.Open(ctx, e.cfg.DatabaseURL, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	store, err := eventstore.New(pool, eventstore.Options{})
+	if err != nil {
+		return err
+	}
+	if follow && *from == "" {
+		if after, err = store.FeedHead(ctx); err != nil {
+			return err
+		}
+	}
+	out := bufio.NewWriterSize(e.stdout, 64<<10)
+	defer out.Flush()
+	w := newLineWriter(out, *format)
+	progress := newProgress(e.stderr)
+	written := 0
+	idle := 50 * time.Millisecond
+	for {
+		recs, err := store.ReadFeed(ctx, after, exportPage)
+		if err != nil {
+			if ctx.Err() != nil && follow {
+				return nil
+			}
+			return err
+		}
+		for _, r := range recs {
+			if until != nil && until.Less(r.Cursor) {
+				progress.done(written)
+				return w.flush()
+			}
+			after = r.Cursor
+			if len(keep) > 0 && !keep[r.EventType] || *streamType != "" && r.StreamType != *streamType {
+				continue
+			}
+			if err := w.write(r.Line()); err != nil {
+				return err
+			}
+			written++
+		}
+		progress.update(written, after)
+		if len(recs) < exportPage {
+			if !follow {
+				progress.done(written)
+				return w.flush()
+			}
+			if err := w.flush(); err != nil {
+				return err
+			}
+			if err := out.Flush(); err != nil {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(idle):
+			}
+		}
+	}
+}
+
+// lineWriter writes events as NDJSON or CSV rows with the same fields.
+type lineWriter struct {
+	out    io.Writer
+	csv    *csv.Writer
+	header bool
+}
+
+var csvColumns = []string{"cursor", "event_id", "event_type", "schema_version", "stream_type", "stream_id",
+	"stream_version", "occurred_at", "recorded_at", "metadata", "payload", "prev_hash", "hash"}
+
+func newLineWriter(out io.Writer, format string) *lineWriter {
+	w := &lineWriter{out: out}
+	if format == "csv" {
+		w.csv = csv.NewWriter(out)
+	}
+	return w
+}
+
+func (w *lineWriter) write(l eventstore.EventLine) error {
+	if w.csv == nil {
+		b, err := json.Marshal(l)
+		if err != nil {
+			return err
+		}
+		_, err = w.out.Write(append(b, '\n'))
+		return err
+	}
+	if !w.header {
+		w.header = true
+		if err := w.csv.Write(csvColumns); err != nil {
+			return err
+		}
+	}
+	return w.csv.Write([]string{l.Cursor, l.EventID.String(), l.EventType, strconv.Itoa(l.SchemaVersion),
+		l.StreamType, l.StreamID, strconv.FormatInt(l.StreamVersion, 10),
+		l.OccurredAt.Format(time.RFC3339Nano), l.RecordedAt.Format(time.RFC3339Nano),
+		string(l.Metadata), string(l.Payload), l.PrevHash, l.Hash})
+}
+
+func (w *lineWriter) flush() error {
+	if w.csv != nil {
+		w.csv.Flush()
+		return w.csv.Error()
+	}
+	return nil
+}
+
+// progress reports on stderr, only when stderr is a terminal.
+type progress struct {
+	out  io.Writer
+	on   bool
+	last time.Time
+}
+
+func newProgress(stderr io.Writer) *progress {
+	p := &progress{out: stderr}
+	if f, ok := stderr.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			p.on = true
+		}
+	}
+	return p
+}
+
+func (p *progress) update(n int, c eventstore.Cursor) {
+	if !p.on || time.Since(p.last) < 200*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	fmt.Fprintf(p.out, "\r%d events, at %s ", n, c)
+}
+
+func (p *progress) done(n int) {
+	if p.on {
+		fmt.Fprintf(p.out, "\r%d events exported\n", n)
+	}
+}
