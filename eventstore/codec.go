@@ -30,6 +30,10 @@ var secretFieldWords = []string{
 	"servicekey", "apikey", "recoverycode", "totp", "resettoken", "sessionkey",
 }
 
+// fieldSeparators are ignored when matching field names against
+// secretFieldWords, so refresh_token and refresh-token match refreshtoken.
+var fieldSeparators = strings.NewReplacer("_", "", "-", "")
+
 // Upcaster turns a payload of one schema version into the next version.
 type Upcaster func(payload map[string]any) (map[string]any, error)
 
@@ -85,7 +89,7 @@ func findSecretField(v any) string {
 	switch t := v.(type) {
 	case map[string]any:
 		for k, inner := range t {
-			norm := strings.ToLower(strings.NewReplacer("_", "", "-", "").Replace(k))
+			norm := strings.ToLower(fieldSeparators.Replace(k))
 			for _, w := range secretFieldWords {
 				if strings.Contains(norm, w) {
 					return k

@@ -350,9 +350,6 @@ func (tx *Tx) newRecord(ctx context.Context, b StreamAppend, ev domain.Event, ve
 	if err != nil {
 		return Record{}, err
 	}
-	if f := findSecretField(tx.cmd.Metadata); f != "" {
-		return Record{}, fmt.Errorf("%w: metadata.%s", ErrSecretInPayload, f)
-	}
 	r := Record{
 		EventID:       id,
 		StreamType:    b.StreamType,

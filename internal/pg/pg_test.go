@@ -218,3 +218,29 @@ func TestForceRLSBindsTheOwner(t *testing.T) {
 		t.Fatalf("the table's owner sees %d rows of another user", n)
 	}
 }
+
+func TestBeginRefusesUnsafeNames(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewPool(t)
+	for _, a := range []pg.Actor{
+		{Role: "mana_app'; DROP TABLE events; --"},
+		{Role: pg.RoleApp, Scope: "user' OR '1"},
+	} {
+		if _, err := pg.Begin(ctxT(t), pool, a, pgx.TxOptions{}); err == nil {
+			t.Fatalf("Begin accepted %+v", a)
+		}
+	}
+	// Isolation and access modes still apply.
+	tx, err := pg.Begin(ctxT(t), pool, pg.Actor{Role: pg.RoleAuditor, Scope: pg.ScopeAuditor}, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctxT(t))
+	var iso, ro, role string
+	if err := tx.QueryRow(ctxT(t), "SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only'), current_user").Scan(&iso, &ro, &role); err != nil {
+		t.Fatal(err)
+	}
+	if iso != "repeatable read" || ro != "on" || role != "mana_auditor" {
+		t.Fatalf("isolation %s read-only %s role %s", iso, ro, role)
+	}
+}

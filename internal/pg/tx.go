@@ -3,6 +3,8 @@ package pg
 import (
 	"context"
 	"fmt"
+	"regexp"
+	"strings"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -40,24 +42,31 @@ type Actor struct {
 	UserID uuid.UUID
 }
 
-// Begin starts a transaction on pool and, in the same round trip as the
-// first statement, switches to the actor's role and sets mana.user_id and
-// mana.scope for the transaction only (SET LOCAL semantics), so nothing
-// survives on the pooled connection.
+// Begin starts a transaction on pool as actor a: the BEGIN and the
+// switch to a's role, mana.scope and mana.user_id travel in one simple-query
+// round trip, and last for the transaction only (SET LOCAL semantics), so
+// nothing survives on the pooled connection.
 func Begin(ctx context.Context, pool *pgxpool.Pool, a Actor, opts pgx.TxOptions) (pgx.Tx, error) {
+	q, err := beginQuery(a, opts)
+	if err != nil {
+		return nil, err
+	}
+	opts.BeginQuery = q
 	tx, err := pool.BeginTx(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
 	}
-	if err := SetActor(ctx, tx, a); err != nil {
-		_ = tx.Rollback(ctx)
-		return nil, err
-	}
 	return tx, nil
 }
 
-// SetActor applies a's role and identity to the current transaction.
-func SetActor(ctx context.Context, tx pgx.Tx, a Actor) error {
+// identPattern is what role and scope names may look like; they are
+// inlined into the begin query, so nothing else is accepted.
+var identPattern = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// beginQuery renders BEGIN with opts' modes followed by the set_config
+// calls for a. Only validated identifiers and a UUID's canonical text are
+// inlined.
+func beginQuery(a Actor, opts pgx.TxOptions) (string, error) {
 	role, scope := a.Role, a.Scope
 	if role == "" {
 		role = RoleApp
@@ -65,17 +74,27 @@ func SetActor(ctx context.Context, tx pgx.Tx, a Actor) error {
 	if scope == "" {
 		scope = ScopeUser
 	}
+	if !identPattern.MatchString(string(role)) || !identPattern.MatchString(string(scope)) {
+		return "", fmt.Errorf("begin: invalid role %q or scope %q", role, scope)
+	}
 	user := ""
 	if a.UserID != uuid.Nil {
 		user = a.UserID.String()
 	}
-	_, err := tx.Exec(ctx,
-		"SELECT set_config('role', $1, true), set_config('mana.scope', $2, true), set_config('mana.user_id', $3, true)",
-		string(role), string(scope), user)
-	if err != nil {
-		return fmt.Errorf("set transaction role: %w", err)
+	var b strings.Builder
+	b.WriteString("BEGIN")
+	if opts.IsoLevel != "" {
+		b.WriteString(" ISOLATION LEVEL " + string(opts.IsoLevel))
 	}
-	return nil
+	if opts.AccessMode != "" {
+		b.WriteString(" " + string(opts.AccessMode))
+	}
+	if opts.DeferrableMode != "" {
+		b.WriteString(" " + string(opts.DeferrableMode))
+	}
+	fmt.Fprintf(&b, "; SELECT set_config('role', '%s', true), set_config('mana.scope', '%s', true), set_config('mana.user_id', '%s', true)",
+		role, scope, user)
+	return b.String(), nil
 }
 
 // InTx runs fn in a transaction as actor a and commits when fn returns nil.
