@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -56,6 +57,18 @@ type Store struct {
 	clock       domain.Clock
 	maxAttempts int
 	metrics     *metrics
+	onAppend    atomic.Pointer[func()]
+}
+
+// OnAppend registers fn to run after every command that appended events has
+// committed, e.g. a Relay's Notify. fn runs on the appending goroutine and
+// must not block. A later call replaces fn; nil removes it.
+func (s *Store) OnAppend(fn func()) {
+	if fn == nil {
+		s.onAppend.Store(nil)
+		return
+	}
+	s.onAppend.Store(&fn)
 }
 
 // New returns a Store over pool.
@@ -202,6 +215,9 @@ func (s *Store) attempt(ctx context.Context, cmd Command, requestHash []byte, de
 	}
 	if err := ptx.Commit(ctx); err != nil {
 		return domain.Receipt{}, mapPgError(fmt.Errorf("commit: %w", err))
+	}
+	if fn := s.onAppend.Load(); fn != nil && tx.last != nil {
+		(*fn)()
 	}
 	return r, nil
 }
