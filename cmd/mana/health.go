@@ -11,7 +11,9 @@ import (
 
 	"github.com/manacore/mana/api"
 	"github.com/manacore/mana/eventstore"
+	"github.com/manacore/mana/internal/natsx"
 	"github.com/manacore/mana/internal/pg"
+	"github.com/manacore/mana/projections"
 )
 
 // feedStallDegraded is how long the oldest write transaction in the cluster
@@ -21,10 +23,20 @@ const feedStallDegraded = 30 * time.Second
 
 // health implements api.HealthChecker over the service's dependencies.
 type health struct {
-	pool     *pgxpool.Pool
-	migrator *pg.Migrator
-	store    *eventstore.Store
+	pool        *pgxpool.Pool
+	migrator    *pg.Migrator
+	store       *eventstore.Store
+	nats        *natsx.Conn
+	relay       *eventstore.Relay
+	runner      *projections.Runner
+	projections []projections.Projection
 }
+
+// Lag beyond these marks the relay or a projection degraded in /health.
+const (
+	relayLagDegraded      = 1000
+	projectionLagDegraded = 30.0 // seconds
+)
 
 // Ready reports whether PostgreSQL answers and every migration is applied.
 func (h *health) Ready(ctx context.Context) error {
@@ -60,6 +72,36 @@ func (h *health) Checks(ctx context.Context) map[string]api.Check {
 		checks["feed"] = api.Check{Status: api.CheckDegraded, Detail: fmt.Sprintf("oldest write transaction open %s", stall.Round(time.Second))}
 	} else {
 		checks["feed"] = api.Check{Status: api.CheckOK}
+	}
+	if h.nats != nil {
+		if h.nats.NC.IsConnected() {
+			checks["nats"] = api.Check{Status: api.CheckOK}
+		} else {
+			checks["nats"] = api.Check{Status: api.CheckDegraded, Detail: "disconnected"}
+		}
+	}
+	if st, err := h.store.RelayStatus(ctx); err != nil {
+		checks["relay"] = api.Check{Status: api.CheckDegraded, Detail: "status unknown"}
+	} else if st.LagEvents > relayLagDegraded {
+		checks["relay"] = api.Check{Status: api.CheckDegraded, Detail: fmt.Sprintf("%d events behind", st.LagEvents)}
+	} else {
+		checks["relay"] = api.Check{Status: api.CheckOK, Detail: fmt.Sprintf("checkpoint %s", st.Checkpoint)}
+	}
+	if len(h.projections) > 0 {
+		sts, err := projections.Statuses(ctx, h.pool, h.projections)
+		if err != nil {
+			checks["projections"] = api.Check{Status: api.CheckDegraded, Detail: "status unknown"}
+		}
+		for _, st := range sts {
+			c := api.Check{Status: api.CheckOK}
+			switch {
+			case st.Failures > 0:
+				c = api.Check{Status: api.CheckDegraded, Detail: fmt.Sprintf("halted on a poison event (%d failures)", st.Failures)}
+			case st.LagSeconds > projectionLagDegraded:
+				c = api.Check{Status: api.CheckDegraded, Detail: fmt.Sprintf("%.0fs behind", st.LagSeconds)}
+			}
+			checks["projection:"+st.Name] = c
+		}
 	}
 	return checks
 }

@@ -14,11 +14,12 @@ import (
 const usage = `mana — the Mana Core identity and credit service
 
 Usage:
-  mana serve [--port N]
+  mana serve [--components=api,relay,projections,workers] [--port N]
   mana migrate
   mana ledger verify
   mana events export [--from C] [--to C] [--types a,b] [--format ndjson|csv]
   mana events tail [--from C] [--types a,b]
+  mana projections status|rebuild NAME|skip NAME CURSOR
 
 Configuration comes from the environment (see README.md). Every command
 accepts --help. Exit status is 0 on success, non-zero with a one-line
@@ -50,10 +51,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return 0
 	}
 	commands := map[string]func(context.Context, *env, []string) error{
-		"serve":   cmdServe,
-		"migrate": cmdMigrate,
-		"ledger":  cmdLedger,
-		"events":  cmdEvents,
+		"serve":       cmdServe,
+		"migrate":     cmdMigrate,
+		"ledger":      cmdLedger,
+		"events":      cmdEvents,
+		"projections": cmdProjections,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {

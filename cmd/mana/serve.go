@@ -7,10 +7,13 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/manacore/mana/api"
+	"github.com/manacore/mana/internal/natsx"
 	"github.com/manacore/mana/internal/pg"
+	"github.com/manacore/mana/projections"
 )
 
 // shutdownGrace bounds how long in-flight requests may finish after a
@@ -21,11 +24,18 @@ const shutdownGrace = 15 * time.Second
 var version = "dev"
 
 func cmdServe(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "serve", "serve [--port N]\n\nMigrates the database, seeds the default packages and serves the HTTP API until SIGINT or SIGTERM.")
+	fs := newFlags(e, "serve", "serve [--components=api,relay,projections,workers] [--port N]\n\nMigrates the database, seeds the default packages and runs the chosen components until SIGINT or SIGTERM.")
 	port := fs.Int("port", e.cfg.Port, "HTTP port (overrides PORT; 0 picks a free port)")
+	comps := fs.String("components", allComponents, "comma-separated components to run")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	run, err := parseComponents(*comps)
+	if err != nil {
+		return err
+	}
+	holder := holderID()
+
 	pool, err := pg.Open(ctx, e.cfg.DatabaseURL, e.cfg.DatabaseMaxConns)
 	if err != nil {
 		return err
@@ -42,32 +52,86 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 
 	h := &health{pool: pool, migrator: migrator}
 	srv := api.New(api.Config{BodyLimit: e.cfg.BodyLimit, Logger: e.log, Health: h, Version: version})
-	store, err := openStore(e.cfg, pool, srv.Registry())
+	reg := srv.Registry()
+	store, err := openStore(e.cfg, pool, reg)
 	if err != nil {
 		return err
 	}
 	h.store = store
-	if err := h.register(srv.Registry()); err != nil {
+	if err := h.register(reg); err != nil {
 		return err
 	}
 	if _, err := seedPackages(ctx, store); err != nil {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(*port)))
-	if err != nil {
-		return fmt.Errorf("listen on port %d: %w", *port, err)
+	// Background components stop at a checkpoint when bg is cancelled,
+	// after the HTTP server has drained.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+	var wg sync.WaitGroup
+	var nc *natsx.Conn
+	if run.needsNATS() {
+		nc, err = natsx.Connect(ctx, natsx.Config{URL: e.cfg.NATSURL, DataDir: e.cfg.DataDir, MaxAge: e.cfg.JetStreamMaxAge, Name: "mana " + holder, Logger: e.log})
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		h.nats = nc
+		if nc.Embedded {
+			e.log.Info("embedded NATS JetStream", "store", nc.StoreDir)
+		}
 	}
-	hs := &http.Server{
-		Handler:           srv.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       120 * time.Second,
+	if run.relay {
+		relay := store.NewRelay(nc.JS, eventstoreRelayOptions(holder, e, reg))
+		store.OnAppend(relay.Notify)
+		h.relay = relay
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := relay.Run(bg); err != nil {
+				e.log.Error("relay stopped", "error", err)
+			}
+		}()
 	}
+	if run.projections {
+		runner, err := projections.NewRunner(projections.Config{
+			Store: store, JetStream: nc.JS, Projections: projections.All(),
+			Holder: holder, Logger: e.log, Registerer: reg,
+		})
+		if err != nil {
+			return err
+		}
+		h.runner = runner
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := runner.Run(bg); err != nil {
+				e.log.Error("projections stopped", "error", err)
+			}
+		}()
+	}
+	h.projections = projections.All()
+
+	var hs *http.Server
 	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
-	e.log.Info("listening", "addr", ln.Addr().String(), "version", version)
+	if run.api {
+		ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(*port)))
+		if err != nil {
+			return fmt.Errorf("listen on port %d: %w", *port, err)
+		}
+		hs = &http.Server{
+			Handler:           srv.Handler(),
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       60 * time.Second,
+			WriteTimeout:      60 * time.Second,
+			IdleTimeout:       120 * time.Second,
+		}
+		go func() { served <- hs.Serve(ln) }()
+		e.log.Info("listening", "addr", ln.Addr().String(), "version", version, "holder", holder)
+	} else {
+		e.log.Info("running without the api component", "version", version, "holder", holder)
+	}
 
 	select {
 	case err := <-served:
@@ -75,17 +139,22 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	case <-ctx.Done():
 	}
 	// Shut down in order: stop advertising readiness, let in-flight
-	// requests finish, then close the pool (deferred).
+	// requests finish, stop the relay and projectors at a checkpoint, then
+	// drain NATS and close the pool (deferred, in reverse).
 	e.log.Info("shutting down")
 	srv.SetReady(false)
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+	if hs != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		if err := hs.Shutdown(sctx); err != nil {
+			return fmt.Errorf("shutdown: %w", err)
+		}
+		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
 	}
-	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve: %w", err)
-	}
+	stopBG()
+	wg.Wait()
 	e.log.Info("stopped")
 	return nil
 }

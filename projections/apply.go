@@ -1,0 +1,155 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/manacore/mana/eventstore"
+	"github.com/manacore/mana/internal/pg"
+)
+
+// errLeaseLost means the transaction found that this holder no longer
+// holds the projection's lease; the batch was rolled back.
+var errLeaseLost = errors.New("projections: lease lost")
+
+// poisonError is an event a projection cannot decode or apply.
+type poisonError struct {
+	index int // in the batch
+	rec   eventstore.Record
+	err   error
+}
+
+func (e *poisonError) Error() string {
+	return fmt.Sprintf("%s event %s at %s: %v", e.rec.EventType, e.rec.EventID, e.rec.Cursor, e.err)
+}
+
+func (e *poisonError) Unwrap() error { return e.err }
+
+// applier applies batches of feed events to one projection's tables: the
+// live ones for the runner, the shadow ones for a rebuild.
+type applier struct {
+	store  *eventstore.Store
+	proj   Projection
+	lease  *eventstore.Lease
+	tables map[string]string
+	types  map[string]bool // nil: every type
+}
+
+func newApplier(store *eventstore.Store, p Projection, lease *eventstore.Lease, suffix string) *applier {
+	a := &applier{store: store, proj: p, lease: lease, tables: tableMap(p, suffix)}
+	if ts := p.EventTypes(); len(ts) > 0 {
+		a.types = map[string]bool{}
+		for _, t := range ts {
+			a.types[t] = true
+		}
+	}
+	return a
+}
+
+// apply applies recs, which follow the cursor after in the feed without a
+// gap, in one transaction as mana_projector: it checks that this holder
+// still holds the lease, passes over the events an operator skipped and
+// those of types the projection does not handle, applies the rest in feed
+// order, runs finish (the runner's checkpoint compare-and-set) and commits.
+// It returns how many events it applied.
+//
+// An event that fails to decode or apply comes back as a *poisonError with
+// its index in recs; nothing is committed then.
+func (a *applier) apply(ctx context.Context, after eventstore.Cursor, recs []eventstore.Record,
+	finish func(ctx context.Context, tx pgx.Tx) error) (int, error) {
+	last := recs[len(recs)-1].Cursor
+	skips, err := loadSkips(ctx, a.store.Pool(), a.proj.Name(), after, last)
+	if err != nil {
+		return 0, err
+	}
+	var (
+		todo []eventstore.Record
+		idx  []int
+	)
+	for i, r := range recs {
+		if skips[r.Cursor] || (a.types != nil && !a.types[r.EventType]) {
+			continue
+		}
+		todo = append(todo, r)
+		idx = append(idx, i)
+	}
+	// Decoding opens personal fields in its own short transaction; doing
+	// it before this batch's transaction keeps one connection per batch.
+	decoded, err := a.decode(ctx, todo, idx)
+	if err != nil {
+		return 0, err
+	}
+
+	tx, err := pg.Begin(ctx, a.store.Pool(), asProjector, pgx.TxOptions{})
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	held, err := a.lease.HeldIn(ctx, tx)
+	if err != nil {
+		return 0, fmt.Errorf("check lease: %w", err)
+	}
+	if !held {
+		return 0, errLeaseLost
+	}
+	w := &Writer{Tx: tx, tables: a.tables}
+	for i, ev := range decoded {
+		if err := safeApply(ctx, a.proj, w, ev); err != nil {
+			if ctx.Err() != nil {
+				return 0, ctx.Err()
+			}
+			return 0, &poisonError{index: idx[i], rec: ev.Record, err: err}
+		}
+	}
+	if finish != nil {
+		if err := finish(ctx, tx); err != nil {
+			return 0, err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("commit: %w", err)
+	}
+	return len(decoded), nil
+}
+
+// decode decodes recs (at batch indexes idx). When the batch fails to
+// decode it decodes one event at a time to find the culprit, which becomes
+// a poison event; the events before it decode on their own.
+func (a *applier) decode(ctx context.Context, recs []eventstore.Record, idx []int) ([]eventstore.Decoded, error) {
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	out, err := a.store.Decode(ctx, recs)
+	if err == nil {
+		return out, nil
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	out = out[:0]
+	for i, r := range recs {
+		d, err := a.store.Decode(ctx, recs[i:i+1])
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, &poisonError{index: idx[i], rec: r, err: fmt.Errorf("decode: %w", err)}
+		}
+		out = append(out, d[0])
+	}
+	return out, nil
+}
+
+// safeApply runs Apply, turning a panic into an error so a bad event halts
+// its projection instead of the process.
+func safeApply(ctx context.Context, p Projection, w *Writer, ev eventstore.Decoded) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return p.Apply(ctx, w, ev)
+}
