@@ -80,3 +80,15 @@ func (s *Store) FeedHead(ctx context.Context) (Cursor, error) {
 	})
 	return c, err
 }
+
+// CommittedBy returns a mark for "everything committed by now": the
+// current snapshot's xmax. Once Horizon reaches it, every transaction that
+// had committed when CommittedBy was called is readable in the feed, so a
+// reader that pages until then has seen all of them.
+func (s *Store) CommittedBy(ctx context.Context) (uint64, error) {
+	var x uint64
+	err := pg.InTx(ctx, s.pool, pg.Actor{Role: pg.RoleProjector, Scope: pg.ScopeSystem}, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").Scan(&x)
+	})
+	return x, err
+}

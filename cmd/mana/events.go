@@ -88,6 +88,13 @@ func eventsExport(ctx context.Context, e *env, args []string, follow bool) error
 			return err
 		}
 	}
+	// An export includes every event committed before it started: it pages
+	// until the feed's horizon has passed every transaction that was in
+	// flight then (write transactions are short, so this is milliseconds).
+	committed, err := store.CommittedBy(ctx)
+	if err != nil {
+		return err
+	}
 	out := bufio.NewWriterSize(e.stdout, 64<<10)
 	defer out.Flush()
 	w := newLineWriter(out, *format)
@@ -95,6 +102,16 @@ func eventsExport(ctx context.Context, e *env, args []string, follow bool) error
 	written := 0
 	idle := 50 * time.Millisecond
 	for {
+		// The horizon is read before the page: if it already covered
+		// every transaction committed at the start, a short page means
+		// the export is complete.
+		horizon, err := store.Horizon(ctx)
+		if err != nil {
+			if ctx.Err() != nil && follow {
+				return nil
+			}
+			return err
+		}
 		recs, err := store.ReadFeed(ctx, after, exportPage)
 		if err != nil {
 			if ctx.Err() != nil && follow {
@@ -119,8 +136,16 @@ func eventsExport(ctx context.Context, e *env, args []string, follow bool) error
 		progress.update(written, after)
 		if len(recs) < exportPage {
 			if !follow {
-				progress.done(written)
-				return w.flush()
+				if horizon >= committed {
+					progress.done(written)
+					return w.flush()
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(5 * time.Millisecond):
+				}
+				continue
 			}
 			if err := w.flush(); err != nil {
 				return err

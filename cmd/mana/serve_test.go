@@ -104,13 +104,14 @@ func TestServeEndToEnd(t *testing.T) {
 	if r.Status != http.StatusOK || report.Status != api.CheckOK {
 		t.Errorf("GET /health = %d %s, want 200 status ok", r.Status, r.Body)
 	}
-	for _, name := range []string{"postgres", "migrations", "feed"} {
+	want := []string{"postgres", "migrations", "feed", "nats", "relay", "projection:packages", "projection:users"}
+	for _, name := range want {
 		if got := report.Checks[name]; got.Status != api.CheckOK {
 			t.Errorf("/health check %s = %+v, want ok (body %s)", name, got, r.Body)
 		}
 	}
-	if len(report.Checks) != 3 {
-		t.Errorf("/health checks = %v, want exactly postgres, migrations, feed", report.Checks)
+	if len(report.Checks) != len(want) {
+		t.Errorf("/health checks = %v, want exactly %v", report.Checks, want)
 	}
 
 	r = c.Do(http.MethodGet, "/api/v1/openapi.json", nil)
