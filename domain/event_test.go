@@ -27,7 +27,21 @@ var samples = []domain.Event{
 	&domain.PackageCreated{PackageID: uuid.MustParse("8e0c3d1a-4f55-5d0e-9b1c-2a7f4e6d8c90"), Name: "Starter", Credits: 100, PriceCents: 100, Currency: "eur", SortOrder: 1, Active: true},
 	&domain.UserRegistered{UserID: uuid.MustParse("0b7e4a52-9c1d-4f3e-8a6b-5d2c1e0f9a87"), Email: "ada@example.com", Name: "Ada", Role: "user", RegisteredAt: at},
 	&domain.UserErased{UserID: uuid.MustParse("0b7e4a52-9c1d-4f3e-8a6b-5d2c1e0f9a87"), ErasedAt: at},
+	&domain.UserLoginSucceeded{UserID: uid, SessionID: sid, IPAddress: "203.0.113.7"},
+	&domain.UserLoginFailed{UserID: uid, Failures: 3, IPAddress: "203.0.113.7"},
+	&domain.UserLocked{UserID: uid, LockedUntil: at.Add(30 * time.Minute)},
+	&domain.UserPasswordChanged{UserID: uid, Reason: "change"},
+	&domain.UserRoleChanged{UserID: uid, From: "user", To: "admin"},
+	&domain.SessionStarted{SessionID: sid, UserID: uid, DeviceID: "dev-1", DeviceName: "Ada's phone", IPAddress: "203.0.113.7", UserAgent: "Mozilla/5.0", ExpiresAt: at.Add(7 * 24 * time.Hour)},
+	&domain.SessionRefreshed{SessionID: sid, UserID: uid, Counter: 2, ExpiresAt: at.Add(7 * 24 * time.Hour)},
+	&domain.SessionRevoked{SessionID: sid, UserID: uid, Reason: domain.RevokedLogout},
+	func() *domain.CreditSignupBonusGranted { e := domain.NewSignupBonus(uid, 150); return &e }(),
 }
+
+var (
+	uid = uuid.MustParse("0b7e4a52-9c1d-4f3e-8a6b-5d2c1e0f9a87")
+	sid = uuid.MustParse("5f3c2b1a-0e9d-4c8b-a7f6-e5d4c3b2a190")
+)
 
 // TestEveryEventTypeHasAGoldenPayload pins each payload's JSON shape: a
 // change to a field name, type or tag shows up as a golden diff and needs a

@@ -49,3 +49,99 @@ func init() {
 	register(func() Event { return &UserRegistered{} })
 	register(func() Event { return &UserErased{} })
 }
+
+// Roles a user can have.
+const (
+	RoleUser  = "user"
+	RoleAdmin = "admin"
+)
+
+// ValidRole reports whether role is one the service knows.
+func ValidRole(role string) bool { return role == RoleUser || role == RoleAdmin }
+
+// UserLoginSucceeded records a successful password login that started a
+// session.
+type UserLoginSucceeded struct {
+	UserID    uuid.UUID `json:"userId"`
+	SessionID uuid.UUID `json:"sessionId"`
+	IPAddress string    `json:"ipAddress,omitempty"`
+}
+
+// EventType implements Event.
+func (UserLoginSucceeded) EventType() string { return "user.login_succeeded" }
+
+// SchemaVersion implements Event.
+func (UserLoginSucceeded) SchemaVersion() int { return 1 }
+
+// DataSubject implements PersonalData.
+func (e UserLoginSucceeded) DataSubject() uuid.UUID { return e.UserID }
+
+// PersonalFields implements PersonalData.
+func (UserLoginSucceeded) PersonalFields() []string { return []string{"ipAddress"} }
+
+// UserLoginFailed records a wrong password for an existing account. Failed
+// logins for unknown emails are counted but never recorded as events.
+type UserLoginFailed struct {
+	UserID    uuid.UUID `json:"userId"`
+	Failures  int       `json:"failures"`
+	IPAddress string    `json:"ipAddress,omitempty"`
+}
+
+// EventType implements Event.
+func (UserLoginFailed) EventType() string { return "user.login_failed" }
+
+// SchemaVersion implements Event.
+func (UserLoginFailed) SchemaVersion() int { return 1 }
+
+// DataSubject implements PersonalData.
+func (e UserLoginFailed) DataSubject() uuid.UUID { return e.UserID }
+
+// PersonalFields implements PersonalData.
+func (UserLoginFailed) PersonalFields() []string { return []string{"ipAddress"} }
+
+// UserLocked records that too many failed logins locked the account.
+type UserLocked struct {
+	UserID      uuid.UUID `json:"userId"`
+	LockedUntil time.Time `json:"lockedUntil"`
+}
+
+// EventType implements Event.
+func (UserLocked) EventType() string { return "user.locked" }
+
+// SchemaVersion implements Event.
+func (UserLocked) SchemaVersion() int { return 1 }
+
+// UserPasswordChanged records a new password; the hash itself lives only in
+// the credential table.
+type UserPasswordChanged struct {
+	UserID uuid.UUID `json:"userId"`
+	// Reason is "change" or "reset".
+	Reason string `json:"reason"`
+}
+
+// EventType implements Event.
+func (UserPasswordChanged) EventType() string { return "user.password_changed" }
+
+// SchemaVersion implements Event.
+func (UserPasswordChanged) SchemaVersion() int { return 1 }
+
+// UserRoleChanged records a new role.
+type UserRoleChanged struct {
+	UserID uuid.UUID `json:"userId"`
+	From   string    `json:"from"`
+	To     string    `json:"to"`
+}
+
+// EventType implements Event.
+func (UserRoleChanged) EventType() string { return "user.role_changed" }
+
+// SchemaVersion implements Event.
+func (UserRoleChanged) SchemaVersion() int { return 1 }
+
+func init() {
+	register(func() Event { return &UserLoginSucceeded{} })
+	register(func() Event { return &UserLoginFailed{} })
+	register(func() Event { return &UserLocked{} })
+	register(func() Event { return &UserPasswordChanged{} })
+	register(func() Event { return &UserRoleChanged{} })
+}

@@ -128,3 +128,24 @@ func open(aead cipher.AEAD, data, aad []byte) ([]byte, error) {
 	}
 	return plain, nil
 }
+
+// Wrap seals a secret (a signing key, a TOTP secret …) with the KEK,
+// bound to label: it opens only with the same label, so a wrapped secret
+// cannot be moved to another row.
+func (k *Keyring) Wrap(label string, secret []byte) []byte { return seal(k.kek, secret, []byte(label)) }
+
+// Unwrap opens a Wrap result with the same label.
+func (k *Keyring) Unwrap(label string, wrapped []byte) ([]byte, error) {
+	return open(k.kek, wrapped, []byte(label))
+}
+
+// MAC returns HMAC-SHA256 of msg under a key derived from the KEK for
+// purpose: keyed hashes of reset tokens and the like, stable across
+// restarts without storing another key.
+func (k *Keyring) MAC(purpose string, msg []byte) []byte {
+	d := hmac.New(sha256.New, k.emailIndex)
+	d.Write([]byte("mana:" + purpose))
+	m := hmac.New(sha256.New, d.Sum(nil))
+	m.Write(msg)
+	return m.Sum(nil)
+}
