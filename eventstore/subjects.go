@@ -175,3 +175,20 @@ func decodeAll(ctx context.Context, q *db.Queries, kr *keyring.Keyring, recs []R
 	}
 	return out, nil
 }
+
+// LoadEvent reads and decodes one event of a stream by version; false when
+// there is none. One index probe, whatever the stream's length.
+func (tx *Tx) LoadEvent(ctx context.Context, streamType, streamID string, version int64) (Decoded, bool, error) {
+	row, err := tx.q.EventsLoadOne(ctx, db.EventsLoadOneParams{StreamType: streamType, StreamID: streamID, StreamVersion: version})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Decoded{}, false, nil
+	}
+	if err != nil {
+		return Decoded{}, false, fmt.Errorf("load event: %w", err)
+	}
+	out, err := decodeAll(ctx, tx.q, tx.store.keys, []Record{recordFromRow(row)})
+	if err != nil {
+		return Decoded{}, false, err
+	}
+	return out[0], true, nil
+}

@@ -221,6 +221,41 @@ func (q *Queries) EventsFeedHorizon(ctx context.Context) (uint64, error) {
 	return horizon, err
 }
 
+const eventsLoadOne = `-- name: EventsLoadOne :one
+SELECT position, tx_id, event_id, stream_type, stream_id, stream_version, event_type,
+       schema_version, occurred_at, recorded_at, metadata, payload, prev_hash, hash
+FROM events
+WHERE stream_type = $1 AND stream_id = $2 AND stream_version = $3
+`
+
+type EventsLoadOneParams struct {
+	StreamType    string
+	StreamID      string
+	StreamVersion int64
+}
+
+func (q *Queries) EventsLoadOne(ctx context.Context, arg EventsLoadOneParams) (Event, error) {
+	row := q.db.QueryRow(ctx, eventsLoadOne, arg.StreamType, arg.StreamID, arg.StreamVersion)
+	var i Event
+	err := row.Scan(
+		&i.Position,
+		&i.TxID,
+		&i.EventID,
+		&i.StreamType,
+		&i.StreamID,
+		&i.StreamVersion,
+		&i.EventType,
+		&i.SchemaVersion,
+		&i.OccurredAt,
+		&i.RecordedAt,
+		&i.Metadata,
+		&i.Payload,
+		&i.PrevHash,
+		&i.Hash,
+	)
+	return i, err
+}
+
 const eventsLoadStream = `-- name: EventsLoadStream :many
 SELECT position, tx_id, event_id, stream_type, stream_id, stream_version, event_type,
        schema_version, occurred_at, recorded_at, metadata, payload, prev_hash, hash

@@ -12,6 +12,30 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
+type AuthSession struct {
+	SessionID     uuid.UUID
+	UserID        uuid.UUID
+	Version       int64
+	RefreshKey    []byte
+	Counter       int64
+	RotatedAt     time.Time
+	CurrentAccess string
+	DeviceID      pgtype.Text
+	Status        string
+	RevokedReason pgtype.Text
+	ExpiresAt     time.Time
+	CreatedAt     time.Time
+}
+
+type AuthUser struct {
+	UserID    uuid.UUID
+	EmailHmac []byte
+	Role      string
+	Version   int64
+	CreatedAt time.Time
+	Erased    bool
+}
+
 type DataKey struct {
 	SubjectID  uuid.UUID
 	WrappedKey []byte
@@ -62,6 +86,14 @@ type Lease struct {
 	ExpiresAt  time.Time
 }
 
+type LoginAttempt struct {
+	EmailHmac     []byte
+	WindowStart   time.Time
+	Verifications int32
+	Failures      int32
+	LockedUntil   pgtype.Timestamptz
+}
+
 type Package struct {
 	ID         uuid.UUID
 	Name       string
@@ -107,6 +139,44 @@ type RelayCheckpoint struct {
 	TxID      uint64
 	Position  int64
 	UpdatedAt time.Time
+}
+
+type SecurityEvent struct {
+	ID        uuid.UUID
+	UserID    uuid.UUID
+	Type      string
+	Detail    pgtype.Text
+	IpAddress pgtype.Text
+	CreatedAt time.Time
+}
+
+type Session struct {
+	ID             uuid.UUID
+	UserID         uuid.UUID
+	DeviceID       pgtype.Text
+	DeviceName     pgtype.Text
+	IpAddress      pgtype.Text
+	UserAgent      pgtype.Text
+	Status         string
+	RevokedReason  pgtype.Text
+	CreatedAt      time.Time
+	LastActivityAt time.Time
+	ExpiresAt      time.Time
+}
+
+type SigningKey struct {
+	Kid            string
+	Alg            string
+	PublicPem      string
+	PrivateWrapped []byte
+	NotBefore      time.Time
+	RetireAfter    pgtype.Timestamptz
+	CreatedAt      time.Time
+}
+
+type SignupBonusClaim struct {
+	EmailHmac []byte
+	ClaimedAt time.Time
 }
 
 type User struct {

@@ -63,3 +63,9 @@ SELECT tx_id, position FROM events
 WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY tx_id DESC, position DESC
 LIMIT 1;
+
+-- name: EventsLoadOne :one
+SELECT position, tx_id, event_id, stream_type, stream_id, stream_version, event_type,
+       schema_version, occurred_at, recorded_at, metadata, payload, prev_hash, hash
+FROM events
+WHERE stream_type = $1 AND stream_id = $2 AND stream_version = $3;
