@@ -45,6 +45,8 @@ type Config struct {
 	Version string
 	// Clock stamps error envelopes. Nil means domain.SystemClock.
 	Clock domain.Clock
+	// Identity serves the auth endpoints; nil leaves them out.
+	Identity domain.Identity
 }
 
 // Server is the HTTP edge: an Echo instance with Mana Core's middleware, error
@@ -61,6 +63,7 @@ type Server struct {
 	clock    domain.Clock
 	metrics  *httpMetrics
 	ready    atomic.Bool
+	identity domain.Identity
 }
 
 // New builds a Server from cfg, applying the defaults documented on Config.
@@ -90,6 +93,7 @@ func New(cfg Config) *Server {
 		health:   cfg.Health,
 		version:  cfg.Version,
 		clock:    cfg.Clock,
+		identity: cfg.Identity,
 	}
 	s.ready.Store(true)
 	s.metrics = newHTTPMetrics(cfg.Registry, cfg.Version)
@@ -123,6 +127,9 @@ func (s *Server) routes() {
 		Registry: s.registry, // counts scrape failures in promhttp_metric_handler_errors_total
 	})))
 	s.api.GET("/openapi.json", serveOpenAPI)
+	if s.identity != nil {
+		s.authRoutes(s.identity)
+	}
 }
 
 // Handler returns the http.Handler to serve, with all middleware applied.

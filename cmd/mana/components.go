@@ -45,9 +45,6 @@ func parseComponents(s string) (components, error) {
 	return c, nil
 }
 
-// needsNATS reports whether the process must connect to JetStream.
-func (c components) needsNATS() bool { return c.relay || c.projections }
-
 // holderID names this process in the leases table: unique per process,
 // readable in `projections status`.
 func holderID() string {

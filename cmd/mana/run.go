@@ -20,6 +20,7 @@ Usage:
   mana events export [--from C] [--to C] [--types a,b] [--format ndjson|csv]
   mana events tail [--from C] [--types a,b]
   mana projections status|rebuild NAME|skip NAME CURSOR
+  mana admin set-role EMAIL ROLE
 
 Configuration comes from the environment (see README.md). Every command
 accepts --help. Exit status is 0 on success, non-zero with a one-line
@@ -56,6 +57,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		"ledger":      cmdLedger,
 		"events":      cmdEvents,
 		"projections": cmdProjections,
+		"admin":       cmdAdmin,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {

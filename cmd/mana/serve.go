@@ -71,7 +71,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	defer stopBG()
 	var wg sync.WaitGroup
 	var nc *natsx.Conn
-	if run.needsNATS() {
+	{
 		nc, err = natsx.Connect(ctx, natsx.Config{URL: e.cfg.NATSURL, DataDir: e.cfg.DataDir, MaxAge: e.cfg.JetStreamMaxAge, Name: "mana " + holder, Logger: e.log})
 		if err != nil {
 			return err
@@ -112,6 +112,20 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		}()
 	}
 	h.projections = projections.All()
+
+	if run.api {
+		var runner *projections.Runner
+		if h.runner != nil {
+			runner = h.runner
+		}
+		idsvc, ts, err := newIdentity(ctx, e, store, nc.NC, runner)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); ts.Run(bg) }()
+		srv.SetIdentity(idsvc)
+	}
 
 	var hs *http.Server
 	served := make(chan error, 1)

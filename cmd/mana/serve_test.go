@@ -20,6 +20,7 @@ import (
 	"github.com/manacore/mana/api"
 	"github.com/manacore/mana/api/apitest"
 	"github.com/manacore/mana/internal/pgtest"
+	"github.com/manacore/mana/projections"
 )
 
 // startupTimeout bounds how long serve may take to listen, and shutdown
@@ -104,7 +105,10 @@ func TestServeEndToEnd(t *testing.T) {
 	if r.Status != http.StatusOK || report.Status != api.CheckOK {
 		t.Errorf("GET /health = %d %s, want 200 status ok", r.Status, r.Body)
 	}
-	want := []string{"postgres", "migrations", "feed", "nats", "relay", "projection:packages", "projection:users"}
+	want := []string{"postgres", "migrations", "feed", "nats", "relay"}
+	for _, p := range projections.All() {
+		want = append(want, "projection:"+p.Name())
+	}
 	for _, name := range want {
 		if got := report.Checks[name]; got.Status != api.CheckOK {
 			t.Errorf("/health check %s = %+v, want ok (body %s)", name, got, r.Body)

@@ -1,0 +1,80 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/manacore/mana/domain"
+	"github.com/manacore/mana/eventstore"
+)
+
+// SetRole gives the user with email a new role and revokes every session of
+// theirs, so no token carries the old role. It reports whether the role
+// changed.
+func (s *Service) SetRole(ctx context.Context, email, role string, meta domain.RequestMeta) (bool, error) {
+	if !domain.ValidRole(role) {
+		return false, invalid("role", "must be user or admin")
+	}
+	email, err := validateEmail(email)
+	if err != nil {
+		return false, err
+	}
+	emailHMAC := s.cfg.Store.Keyring().EmailIndex(email)
+	var (
+		user    uuid.UUID
+		revoked []uuid.UUID
+		changed bool
+	)
+	_, err = s.cfg.Store.Execute(ctx, command("admin.set_role", "admin:cli", meta), func(ctx context.Context, tx *eventstore.Tx) (domain.Receipt, error) {
+		revoked, changed = nil, false
+		var from string
+		err := tx.QueryRow(ctx, `SELECT user_id, role FROM auth_users WHERE email_hmac = $1 AND NOT erased FOR UPDATE`, emailHMAC).Scan(&user, &from)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return domain.Receipt{}, domain.Errorf(domain.CodeNotFound, "No user with that email.")
+		}
+		if err != nil || from == role {
+			return domain.Receipt{}, err
+		}
+		changed = true
+		if _, err := tx.Exec(ctx, `UPDATE auth_users SET role = $2 WHERE user_id = $1`, user, role); err != nil {
+			return domain.Receipt{}, err
+		}
+		if _, err := tx.Append(ctx, eventstore.StreamAppend{StreamType: domain.StreamUser, StreamID: user.String(),
+			ExpectedVersion: eventstore.AnyVersion, Users: []uuid.UUID{user},
+			Events: []domain.Event{domain.UserRoleChanged{UserID: user, From: from, To: role}}}); err != nil {
+			return domain.Receipt{}, err
+		}
+		rows, err := tx.Query(ctx, `SELECT session_id FROM auth_sessions WHERE user_id = $1 AND status = 'active'`, user)
+		if err != nil {
+			return domain.Receipt{}, err
+		}
+		sids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		if err != nil {
+			return domain.Receipt{}, err
+		}
+		for _, sid := range sids {
+			row, found, err := lockSession(ctx, tx, sid, &user)
+			if err != nil {
+				return domain.Receipt{}, err
+			}
+			if found && row.status == "active" {
+				if err := revokeLocked(ctx, tx, sid, row, domain.RevokedRoleChanged); err != nil {
+					return domain.Receipt{}, err
+				}
+				revoked = append(revoked, sid)
+			}
+		}
+		return domain.Receipt{Status: http.StatusOK}, nil
+	})
+	if err != nil {
+		return false, err
+	}
+	for _, sid := range revoked {
+		s.announce(sid, user)
+	}
+	return changed, nil
+}
