@@ -36,11 +36,30 @@ var samples = []domain.Event{
 	&domain.SessionRefreshed{SessionID: sid, UserID: uid, Counter: 2, ExpiresAt: at.Add(7 * 24 * time.Hour)},
 	&domain.SessionRevoked{SessionID: sid, UserID: uid, Reason: domain.RevokedLogout},
 	func() *domain.CreditSignupBonusGranted { e := domain.NewSignupBonus(uid, 150); return &e }(),
+	&domain.CreditDailyGranted{UserID: uid, Amount: 5, Day: "2026-11-26", Postings: []domain.Posting{{Account: "user:" + uid.String() + ":free", Amount: 5}, {Account: "system:daily_grant", Amount: -5}}},
+	&domain.CreditSpent{TransactionID: txid, UserID: uid, AppID: "chat", Amount: 7, Split: domain.Split{Free: 5, Paid: 2}, Description: "GPT call", Metadata: map[string]any{"model": "m1"},
+		Postings: []domain.Posting{{Account: "user:" + uid.String() + ":free", Amount: -5}, {Account: "user:" + uid.String() + ":paid", Amount: -2}, {Account: "app:chat:revenue", Amount: 7}}},
+	&domain.CreditRefunded{TransactionID: txid, UserID: uid, RefundOf: hid, AppID: "chat", Amount: 7, Split: domain.Split{Free: 5, Paid: 2}, Reason: "failed call",
+		Postings: []domain.Posting{{Account: "user:" + uid.String() + ":free", Amount: 5}, {Account: "user:" + uid.String() + ":paid", Amount: 2}, {Account: "app:chat:revenue", Amount: -7}}},
+	&domain.CreditGranted{TransactionID: txid, UserID: uid, Amount: 100, Bucket: "free", Reason: "support", Postings: []domain.Posting{{Account: "user:" + uid.String() + ":free", Amount: 100}, {Account: "system:grants", Amount: -100}}},
+	&domain.CreditAdjusted{TransactionID: txid, UserID: uid, Amount: -3, Split: domain.Split{Free: -3}, Reason: "correction", Postings: []domain.Posting{{Account: "user:" + uid.String() + ":free", Amount: -3}, {Account: "system:adjustments", Amount: 3}}},
+	&domain.CreditHoldPlaced{HoldID: hid, UserID: uid, AppID: "chat", Amount: 10, Split: domain.Split{Free: 8, Paid: 2}, ExpiresAt: at.Add(time.Hour),
+		Postings: []domain.Posting{{Account: "user:" + uid.String() + ":free", Amount: -8}, {Account: "user:" + uid.String() + ":paid", Amount: -2}, {Account: "user:" + uid.String() + ":held", Amount: 10}}},
+	&domain.CreditHoldCaptured{HoldID: hid, TransactionID: txid, UserID: uid, AppID: "chat", Captured: domain.Split{Free: 8, Paid: 1}, Returned: domain.Split{Paid: 1},
+		Postings: []domain.Posting{{Account: "user:" + uid.String() + ":held", Amount: -10}, {Account: "user:" + uid.String() + ":paid", Amount: 1}, {Account: "app:chat:revenue", Amount: 9}}},
+	&domain.CreditHoldReleased{HoldID: hid, UserID: uid, AppID: "chat", Returned: domain.Split{Free: 8, Paid: 2},
+		Postings: []domain.Posting{{Account: "user:" + uid.String() + ":held", Amount: -10}, {Account: "user:" + uid.String() + ":free", Amount: 8}, {Account: "user:" + uid.String() + ":paid", Amount: 2}}},
+	&domain.CreditHoldExpired{HoldID: hid, UserID: uid, AppID: "chat", Returned: domain.Split{Free: 8, Paid: 2},
+		Postings: []domain.Posting{{Account: "user:" + uid.String() + ":held", Amount: -10}, {Account: "user:" + uid.String() + ":free", Amount: 8}, {Account: "user:" + uid.String() + ":paid", Amount: 2}}},
+	&domain.CreditWrittenOff{UserID: uid, Amount: 12, Split: domain.Split{Free: 10, Paid: 2},
+		Postings: []domain.Posting{{Account: "user:" + uid.String() + ":free", Amount: -10}, {Account: "user:" + uid.String() + ":paid", Amount: -2}, {Account: "system:writeoff", Amount: 12}}},
 }
 
 var (
-	uid = uuid.MustParse("0b7e4a52-9c1d-4f3e-8a6b-5d2c1e0f9a87")
-	sid = uuid.MustParse("5f3c2b1a-0e9d-4c8b-a7f6-e5d4c3b2a190")
+	uid  = uuid.MustParse("0b7e4a52-9c1d-4f3e-8a6b-5d2c1e0f9a87")
+	sid  = uuid.MustParse("5f3c2b1a-0e9d-4c8b-a7f6-e5d4c3b2a190")
+	txid = uuid.MustParse("7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d")
+	hid  = uuid.MustParse("9c8b7a6d-5e4f-4321-8765-4321fedcba98")
 )
 
 // TestEveryEventTypeHasAGoldenPayload pins each payload's JSON shape: a
@@ -154,5 +173,15 @@ func TestErrorCodeAndMessage(t *testing.T) {
 	}
 	if domain.ErrorCode(nil) != "" {
 		t.Fatal("nil has a code")
+	}
+}
+
+// TestCreditPostingsBalance: every credit sample's postings sum to zero.
+func TestCreditPostingsBalance(t *testing.T) {
+	t.Parallel()
+	for _, ev := range samples {
+		if ce, ok := ev.(domain.CreditEvent); ok && domain.SumPostings(ce.Entries()) != 0 {
+			t.Errorf("%s postings sum to %d", ev.EventType(), domain.SumPostings(ce.Entries()))
+		}
 	}
 }
