@@ -63,6 +63,7 @@ var statusByCode = map[domain.Code]int{
 	domain.CodeHoldExpired:            http.StatusConflict,
 	domain.CodeRefreshInProgress:      http.StatusConflict,
 	domain.CodeConflict:               http.StatusConflict,
+	domain.CodeSpendLimitExceeded:     http.StatusForbidden,
 	domain.CodePayloadTooLarge:        http.StatusRequestEntityTooLarge,
 	domain.CodeUnsupportedMediaType:   http.StatusUnsupportedMediaType,
 	domain.CodeRateLimited:            http.StatusTooManyRequests,

@@ -36,6 +36,7 @@ const (
 	CodeHoldExpired            Code = "HOLD_EXPIRED"
 	CodeRefreshInProgress      Code = "REFRESH_IN_PROGRESS"
 	CodeConflict               Code = "CONFLICT"
+	CodeSpendLimitExceeded     Code = "SPEND_LIMIT_EXCEEDED"
 	CodePayloadTooLarge        Code = "PAYLOAD_TOO_LARGE"
 	CodeUnsupportedMediaType   Code = "UNSUPPORTED_MEDIA_TYPE"
 	CodeRateLimited            Code = "RATE_LIMITED"

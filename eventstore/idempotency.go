@@ -72,6 +72,17 @@ func (tx *Tx) reserveIdempotency(ctx context.Context, idem *Idempotency, request
 }
 
 func (tx *Tx) completeIdempotency(ctx context.Context, idem *Idempotency, r domain.Receipt) error {
+	if r.Status >= 400 {
+		// The command commits what it recorded (an expiry, a revocation)
+		// but answers an error; errors are never stored for replay.
+		err := tx.q.IdempotencyRelease(ctx, db.IdempotencyReleaseParams{
+			Subject: idem.Subject, Principal: idem.Principal, Operation: tx.cmd.Name, Key: idem.Key,
+		})
+		if err != nil {
+			return fmt.Errorf("release idempotency key: %w", err)
+		}
+		return nil
+	}
 	err := tx.q.IdempotencyComplete(ctx, db.IdempotencyCompleteParams{
 		Subject: idem.Subject, Principal: idem.Principal, Operation: tx.cmd.Name, Key: idem.Key,
 		Status:   int32(r.Status),

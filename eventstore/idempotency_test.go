@@ -152,3 +152,39 @@ func TestConcurrentDuplicatesWaitAndReplay(t *testing.T) {
 		t.Fatalf("%d events appended for one idempotent command", c)
 	}
 }
+
+// TestErrorReceiptsCommitWorkButAreNotReplayed: a command that records a
+// fact (say, a hold's expiry) and still answers an error commits the fact,
+// but its key is free for a new attempt.
+func TestErrorReceiptsCommitWorkButAreNotReplayed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	user := uuid.New()
+	cmd := eventstore.Command{
+		Name:  "credits.capture",
+		Actor: pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeUser, UserID: user},
+		Idempotency: &eventstore.Idempotency{Subject: "account:" + user.String(), Principal: "user:" + user.String(),
+			Key: "k", Request: map[string]int{"amount": 1}},
+	}
+	runs := 0
+	for i := 0; i < 2; i++ {
+		r, err := e.store.Execute(ctxT(t), cmd, func(ctx context.Context, tx *eventstore.Tx) (domain.Receipt, error) {
+			runs++
+			_, err := tx.Append(ctx, eventstore.StreamAppend{StreamType: "package", StreamID: user.String(),
+				ExpectedVersion: eventstore.AnyVersion, Events: []domain.Event{pkg("expired")}})
+			return domain.Receipt{Status: http.StatusConflict}, err
+		})
+		if err != nil || r.Replayed {
+			t.Fatalf("attempt %d: %+v %v", i, r, err)
+		}
+	}
+	if runs != 2 {
+		t.Fatalf("decision ran %d times, want 2 (no replay of an error)", runs)
+	}
+	if n := e.count(t, "SELECT count(*) FROM events WHERE stream_id = $1", user.String()); n != 2 {
+		t.Fatalf("%d events committed, want 2", n)
+	}
+	if n := e.count(t, "SELECT count(*) FROM idempotency_keys"); n != 0 {
+		t.Fatalf("%d idempotency rows stored for an error", n)
+	}
+}

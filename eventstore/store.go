@@ -123,7 +123,8 @@ type Idempotency struct {
 
 // Decision is a command's logic: it reads state and appends events through
 // tx, and returns the receipt the caller answers with (Status and Body; the
-// store fills in Position). It may run several times, each time on a fresh
+// store fills in Position). A receipt with a status of 400 or more commits
+// the transaction's work but is never stored for idempotent replay. It may run several times, each time on a fresh
 // transaction, so it must not have effects outside tx. A *domain.Error it
 // returns rolls everything back and is passed through.
 type Decision func(ctx context.Context, tx *Tx) (domain.Receipt, error)

@@ -12,6 +12,13 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
+type AppDailySpend struct {
+	AppID  string
+	UserID uuid.UUID
+	Day    pgtype.Date
+	Amount int64
+}
+
 type AuthSession struct {
 	SessionID     uuid.UUID
 	UserID        uuid.UUID
@@ -34,6 +41,53 @@ type AuthUser struct {
 	Version   int64
 	CreatedAt time.Time
 	Erased    bool
+}
+
+type Balance struct {
+	UserID      uuid.UUID
+	Free        int64
+	Paid        int64
+	Held        int64
+	TotalEarned int64
+	TotalSpent  int64
+	UpdatedAt   time.Time
+}
+
+type CreditAccount struct {
+	UserID         uuid.UUID
+	Version        int64
+	Free           int64
+	Paid           int64
+	Held           int64
+	TotalEarned    int64
+	TotalSpent     int64
+	CreatedAt      time.Time
+	LastDailyGrant string
+}
+
+type CreditCharge struct {
+	TransactionID uuid.UUID
+	UserID        uuid.UUID
+	AppID         string
+	Amount        int64
+	FreePart      int64
+	PaidPart      int64
+	Refunded      int64
+	CreatedAt     time.Time
+}
+
+type CreditHold struct {
+	HoldID    uuid.UUID
+	UserID    uuid.UUID
+	AppID     string
+	PlacedBy  string
+	Amount    int64
+	FreePart  int64
+	PaidPart  int64
+	Status    string
+	Captured  int64
+	ExpiresAt time.Time
+	CreatedAt time.Time
 }
 
 type DataKey struct {
@@ -150,6 +204,15 @@ type SecurityEvent struct {
 	CreatedAt time.Time
 }
 
+type ServiceKey struct {
+	KeyID                 string
+	AppID                 string
+	KeyHash               []byte
+	MaxSpendPerUserPerDay pgtype.Int8
+	CreatedAt             time.Time
+	RevokedAt             pgtype.Timestamptz
+}
+
 type Session struct {
 	ID             uuid.UUID
 	UserID         uuid.UUID
@@ -177,6 +240,28 @@ type SigningKey struct {
 type SignupBonusClaim struct {
 	EmailHmac []byte
 	ClaimedAt time.Time
+}
+
+type Transaction struct {
+	ID          uuid.UUID
+	UserID      uuid.UUID
+	Type        string
+	Amount      int64
+	AppID       pgtype.Text
+	Description pgtype.Text
+	Metadata    []byte
+	HoldID      uuid.NullUUID
+	CreatedAt   time.Time
+	SeqTx       uint64
+	SeqPos      int64
+}
+
+type UsageStat struct {
+	UserID  uuid.UUID
+	AppID   string
+	Day     pgtype.Date
+	Credits int64
+	Count   int64
 }
 
 type User struct {

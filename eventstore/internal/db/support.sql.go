@@ -187,6 +187,30 @@ func (q *Queries) IdempotencyGet(ctx context.Context, arg IdempotencyGetParams) 
 	return i, err
 }
 
+const idempotencyRelease = `-- name: IdempotencyRelease :exec
+DELETE FROM idempotency_keys
+WHERE subject = $1 AND principal = $2 AND operation = $3 AND key = $4 AND status = 0
+`
+
+type IdempotencyReleaseParams struct {
+	Subject   string
+	Principal string
+	Operation string
+	Key       string
+}
+
+// Drops this transaction's reservation: the command committed other work
+// but answered an error, and errors are never replayed.
+func (q *Queries) IdempotencyRelease(ctx context.Context, arg IdempotencyReleaseParams) error {
+	_, err := q.db.Exec(ctx, idempotencyRelease,
+		arg.Subject,
+		arg.Principal,
+		arg.Operation,
+		arg.Key,
+	)
+	return err
+}
+
 const idempotencyReserve = `-- name: IdempotencyReserve :one
 INSERT INTO idempotency_keys (subject, principal, operation, key, user_id, request_hash, expires_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7)

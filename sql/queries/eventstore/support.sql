@@ -51,3 +51,9 @@ WHERE (user_positions.tx_id, user_positions.position) < (excluded.tx_id, exclude
 
 -- name: UserPositionGet :one
 SELECT tx_id, position FROM user_positions WHERE user_id = $1;
+
+-- name: IdempotencyRelease :exec
+-- Drops this transaction's reservation: the command committed other work
+-- but answered an error, and errors are never replayed.
+DELETE FROM idempotency_keys
+WHERE subject = $1 AND principal = $2 AND operation = $3 AND key = $4 AND status = 0;
