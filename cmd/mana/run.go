@@ -20,6 +20,7 @@ Usage:
   mana events export [--from C] [--to C] [--types a,b] [--format ndjson|csv]
   mana events tail [--from C] [--types a,b]
   mana projections status|rebuild NAME|skip NAME CURSOR
+  mana keys generate|rotate|list
   mana admin set-role EMAIL ROLE
 
 Configuration comes from the environment (see README.md). Every command
@@ -57,6 +58,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		"ledger":      cmdLedger,
 		"events":      cmdEvents,
 		"projections": cmdProjections,
+		"keys":        cmdKeys,
 		"admin":       cmdAdmin,
 	}
 	cmd, ok := commands[args[0]]

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"os"
 	"slices"
@@ -25,8 +26,8 @@ import (
 // rsaBits is the size of generated keys and the minimum of imported ones.
 const rsaBits = 2048
 
-// system is the actor of every key transaction: the service itself.
-var system = pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeSystem}
+// systemActor is the actor of every key transaction: the service itself.
+var systemActor = pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeSystem}
 
 // KeyInfo describes one signing key, as List reports it.
 type KeyInfo struct {
@@ -140,9 +141,15 @@ func (s *Service) Reload(ctx context.Context) error {
 		next.byKID[k.kid] = &k.signingKey
 	}
 	slices.SortFunc(next.keys, compareKeys)
+	// Keys appearing while running (another node's rotation) are worth an
+	// info line; the first load is not.
+	level := slog.LevelInfo
+	if len(prev.byKID) == 0 {
+		level = slog.LevelDebug
+	}
 	for kid := range next.byKID {
 		if prev.byKID[kid] == nil {
-			s.log.Info("signing keys: loaded", "kid", kid)
+			s.log.Log(ctx, level, "signing keys: loaded", "kid", kid)
 		}
 	}
 	s.keys.Store(next)
@@ -158,7 +165,7 @@ type keyRow struct {
 // queryKeys runs q (sqlKeysLoad or sqlKeysList) as the service.
 func (s *Service) queryKeys(ctx context.Context, q string, args ...any) ([]keyRow, error) {
 	var out []keyRow
-	err := pg.InTx(ctx, s.pool, system, func(tx pgx.Tx) error {
+	err := pg.InTx(ctx, s.pool, systemActor, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, q, args...)
 		if err != nil {
 			return err
@@ -322,13 +329,13 @@ func importMaterial(privateKey string) (material, error) {
 	return newMaterial(priv, "")
 }
 
-// insert adds m with not_before under the table lock. When onlyIfNone is
-// set it first checks, under the lock, whether a key may sign at now and
-// then inserts nothing. When retireOthers is set every other key retires
-// at most at retireAt. It reports whether a row was added.
+// insert adds m with notBefore under the table lock. With onlyIfNone it
+// first checks, under the lock, whether a key may sign at notBefore, and
+// if one may inserts nothing. With a non-zero retireAt every other key
+// retires by then. It reports whether a row was added.
 func (s *Service) insert(ctx context.Context, m material, notBefore time.Time, onlyIfNone bool, retireAt time.Time) (bool, error) {
 	var added bool
-	err := pg.InTx(ctx, s.pool, system, func(tx pgx.Tx) error {
+	err := pg.InTx(ctx, s.pool, systemActor, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, sqlKeysLock); err != nil {
 			return err
 		}
@@ -434,7 +441,11 @@ func (s *Service) add(ctx context.Context, delay time.Duration) (KeyInfo, error)
 	if _, err := s.insert(ctx, m, notBefore, false, retireAt); err != nil {
 		return KeyInfo{}, err
 	}
-	s.log.Info("signing keys: added", "kid", m.kid, "not_before", notBefore, "retire_others_at", retireAt)
+	if delay > 0 {
+		s.log.Info("signing keys: rotated", "kid", m.kid, "not_before", notBefore, "retire_others_by", retireAt)
+	} else {
+		s.log.Info("signing keys: generated", "kid", m.kid, "not_before", notBefore)
+	}
 	if err := s.Reload(ctx); err != nil {
 		return KeyInfo{}, err
 	}
