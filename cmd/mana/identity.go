@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/manacore/mana/eventstore"
+	"github.com/manacore/mana/internal/credits"
 	"github.com/manacore/mana/internal/identity"
 	"github.com/manacore/mana/internal/natsx"
 	"github.com/manacore/mana/internal/password"
@@ -53,4 +54,14 @@ func newIdentity(ctx context.Context, e *env, store *eventstore.Store, nc *nats.
 		Logger:      e.log,
 	})
 	return svc, ts, err
+}
+
+// newCredits builds the credits service over store.
+func newCredits(e *env, store *eventstore.Store, runner *projections.Runner) (*credits.Service, error) {
+	return credits.New(credits.Config{
+		Store:     store,
+		Freshness: projections.NewFreshness(store.Pool(), runner, e.cfg.RYWTimeout),
+		DailyFree: e.cfg.DailyFree,
+		Logger:    e.log,
+	})
 }

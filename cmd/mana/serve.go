@@ -125,6 +125,24 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); ts.Run(bg) }()
 		srv.SetIdentity(idsvc)
+		cs, err := newCredits(e, store, runner)
+		if err != nil {
+			return err
+		}
+		srv.SetCredits(cs, idsvc)
+	}
+	if run.workers {
+		cs, err := newCredits(e, store, nil)
+		if err != nil {
+			return err
+		}
+		lease := store.Lease("worker:hold-expiry", holder, 0)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = lease.Run(bg, func(ctx context.Context) error { return cs.RunExpiry(ctx, time.Second) },
+				func(other string) { e.log.Info("hold expiry idle: lease held by another process", "holder", other) })
+		}()
 	}
 
 	var hs *http.Server
