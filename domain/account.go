@@ -238,7 +238,9 @@ type Hold struct {
 
 // ExpiredAt reports whether an active hold's time is up at now: a hold is
 // expired once now ≥ expiresAt, whether or not its expiry was recorded.
-func (h Hold) ExpiredAt(now time.Time) bool { return h.Status == HoldActive && !now.Before(h.ExpiresAt) }
+func (h Hold) ExpiredAt(now time.Time) bool {
+	return h.Status == HoldActive && !now.Before(h.ExpiresAt)
+}
 
 // Expire returns the event recording an active hold's expiry.
 func (h Hold) Expire() CreditHoldExpired {
