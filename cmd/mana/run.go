@@ -21,7 +21,7 @@ Usage:
   mana events tail [--from C] [--types a,b]
   mana projections status|rebuild NAME|skip NAME CURSOR
   mana keys generate|rotate|list
-  mana admin set-role EMAIL ROLE
+  mana admin set-role EMAIL ROLE | service-key create APP | service-key revoke ID | grant|adjust|refund ...
 
 Configuration comes from the environment (see README.md). Every command
 accepts --help. Exit status is 0 on success, non-zero with a one-line
