@@ -93,10 +93,11 @@ func adminServiceKey(ctx context.Context, e *env, args []string) error {
 	}
 	fs := newFlags(e, "admin service-key "+args[0], "admin service-key create APP [--max-per-user-per-day N] | revoke KEY_ID")
 	limit := fs.Int64("max-per-user-per-day", 0, "cap on what the app may spend per user per UTC day (0 = none)")
-	if err := fs.Parse(args[1:]); err != nil {
-		return parseFlags(fs, args[1:])
+	pos, err := parseInterspersed(fs, args[1:])
+	if err != nil {
+		return err
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		return fmt.Errorf("%w: service-key %s takes one argument", errUsage, args[0])
 	}
 	cs, done, err := openCredits(ctx, e)
@@ -105,19 +106,19 @@ func adminServiceKey(ctx context.Context, e *env, args []string) error {
 	}
 	defer done()
 	if args[0] == "create" {
-		k, err := cs.CreateServiceKey(ctx, fs.Arg(0), *limit)
+		k, err := cs.CreateServiceKey(ctx, pos[0], *limit)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(e.stdout, "key id: %s\napp: %s\nX-Service-Key: %s\n(the key is shown once; only its hash is stored)\n", k.ID, k.AppID, k.Secret)
 		return nil
 	}
-	ok, err := cs.RevokeServiceKey(ctx, fs.Arg(0))
+	ok, err := cs.RevokeServiceKey(ctx, pos[0])
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return fmt.Errorf("no active service key %q", fs.Arg(0))
+		return fmt.Errorf("no active service key %q", pos[0])
 	}
 	fmt.Fprintln(e.stdout, "revoked")
 	return nil
@@ -127,27 +128,28 @@ func adminCredits(ctx context.Context, e *env, op string, args []string) error {
 	fs := newFlags(e, "admin "+op, "admin "+op+" USER_ID [TRANSACTION_ID] AMOUNT --reason R [--bucket free|paid]")
 	reason := fs.String("reason", "", "why (required; recorded in the event)")
 	bucket := fs.String("bucket", "free", "bucket for grant: free or paid")
-	if err := fs.Parse(args); err != nil {
-		return parseFlags(fs, args)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
 	}
 	want := 2
 	if op == "refund" {
 		want = 3
 	}
-	if fs.NArg() != want {
+	if len(pos) != want {
 		return fmt.Errorf("%w: admin %s takes %d arguments", errUsage, op, want)
 	}
-	user, err := uuid.Parse(fs.Arg(0))
+	user, err := uuid.Parse(pos[0])
 	if err != nil {
 		return fmt.Errorf("%w: USER_ID must be a UUID", errUsage)
 	}
 	in := domain.AdminCreditInput{UserID: user, Reason: *reason, Bucket: *bucket}
-	amountArg := fs.Arg(1)
+	amountArg := pos[1]
 	if op == "refund" {
-		if in.TransactionID, err = uuid.Parse(fs.Arg(1)); err != nil {
+		if in.TransactionID, err = uuid.Parse(pos[1]); err != nil {
 			return fmt.Errorf("%w: TRANSACTION_ID must be a UUID", errUsage)
 		}
-		amountArg = fs.Arg(2)
+		amountArg = pos[2]
 	}
 	if in.Amount, err = strconv.ParseInt(amountArg, 10, 64); err != nil {
 		return fmt.Errorf("%w: AMOUNT must be an integer", errUsage)

@@ -113,3 +113,23 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
 }
+
+// parseInterspersed parses flags wherever they appear among the
+// positional arguments (Go's flag package stops at the first positional),
+// and returns the positional ones.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
