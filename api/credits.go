@@ -44,6 +44,17 @@ func (s *Server) SetCredits(cs domain.CreditsService, id domain.Identity) {
 	adm.POST("/credits/adjust", h.adminAdjust)
 	adm.POST("/credits/refund", h.adminRefund)
 	adm.GET("/accounts/:userId/balance", h.adminBalance)
+	adm.GET("/users", func(c *echo.Context) error {
+		email := c.QueryParam("email")
+		if email == "" {
+			return invalidField("email", "is required")
+		}
+		u, err := id.FindUser(c.Request().Context(), email)
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, u)
+	})
 }
 
 type creditHandlers struct {

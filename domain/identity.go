@@ -136,4 +136,17 @@ type Identity interface {
 	SecurityEvents(ctx context.Context, p Principal, minPosition string, limit int) ([]SecurityEventView, error)
 	// JWKS returns the JSON Web Key Set of the published signing keys.
 	JWKS(ctx context.Context) ([]byte, error)
+	// FindUser looks a user up by exact email through the blind index, for
+	// admins; NOT_FOUND when nobody has it.
+	FindUser(ctx context.Context, email string) (AdminUserView, error)
+}
+
+// AdminUserView is a user as admin search shows it.
+type AdminUserView struct {
+	ID            uuid.UUID `json:"id"`
+	Email         string    `json:"email"`
+	Name          string    `json:"name"`
+	Role          string    `json:"role"`
+	EmailVerified bool      `json:"emailVerified"`
+	CreatedAt     time.Time `json:"createdAt"`
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/manacore/mana/domain"
 	"github.com/manacore/mana/eventstore"
+	"github.com/manacore/mana/internal/pg"
 )
 
 // SetRole gives the user with email a new role and revokes every session of
@@ -77,4 +78,23 @@ func (s *Service) SetRole(ctx context.Context, email, role string, meta domain.R
 		s.announce(sid, user)
 	}
 	return changed, nil
+}
+
+// FindUser implements domain.Identity: the email claim (blind index) names
+// the user; the users read model has the rest.
+func (s *Service) FindUser(ctx context.Context, email string) (domain.AdminUserView, error) {
+	email, err := validateEmail(email)
+	if err != nil {
+		return domain.AdminUserView{}, err
+	}
+	var u domain.AdminUserView
+	err = pg.InTx(ctx, s.pool, pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeAdmin}, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT u.id, u.email, u.name, u.role, u.email_verified, u.created_at
+FROM email_claims c JOIN users u ON u.id = c.user_id WHERE c.email_hmac = $1`, s.cfg.Store.Keyring().EmailIndex(email)).
+			Scan(&u.ID, &u.Email, &u.Name, &u.Role, &u.EmailVerified, &u.CreatedAt)
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return u, domain.Errorf(domain.CodeNotFound, "No user with that email.")
+	}
+	return u, err
 }
