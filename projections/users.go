@@ -20,8 +20,9 @@ type usersProjection struct{ Handlers }
 // deletes that row again.
 func Users() Projection {
 	return usersProjection{Handlers{
-		"user.registered": applyUserRegistered,
-		"user.erased":     applyUserErased,
+		"user.registered":   applyUserRegistered,
+		"user.erased":       applyUserErased,
+		"user.role_changed": applyUserRoleChanged,
 	}}
 }
 
@@ -72,6 +73,17 @@ func applyUserErased(ctx context.Context, w *Writer, ev eventstore.Decoded) erro
 	}
 	if _, err := w.Exec(ctx, `DELETE FROM `+w.Table("users")+` WHERE id = $1`, e.UserID); err != nil {
 		return fmt.Errorf("delete user: %w", err)
+	}
+	return nil
+}
+
+func applyUserRoleChanged(ctx context.Context, w *Writer, ev eventstore.Decoded) error {
+	e, ok := ev.Event.(*domain.UserRoleChanged)
+	if !ok {
+		return fmt.Errorf("user.role_changed: unexpected payload %T", ev.Event)
+	}
+	if _, err := w.Exec(ctx, `UPDATE `+w.Table("users")+` SET role = $2, updated_at = $3 WHERE id = $1`, e.UserID, e.To, ev.OccurredAt); err != nil {
+		return fmt.Errorf("update user role: %w", err)
 	}
 	return nil
 }
