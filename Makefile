@@ -60,6 +60,7 @@ verify: $(SQLC)
 bench: deps
 	bash .ci/services.sh
 	bash bench/append.sh
+	bash bench/service.sh
 
 clean:
 	rm -rf $(BIN) data
