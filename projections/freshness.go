@@ -73,14 +73,9 @@ func (f *Freshness) Await(ctx context.Context, readModel string, user uuid.UUID,
 // user (Row-Level Security lets a user see only their own row).
 func (f *Freshness) userPosition(ctx context.Context, user uuid.UUID) (eventstore.Cursor, error) {
 	var c eventstore.Cursor
-	err := pg.InTx(ctx, f.pool, pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeUser, UserID: user}, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, "SELECT tx_id, position FROM user_positions WHERE user_id = $1", user).Scan(&c.TxID, &c.Position)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		return err
-	})
-	if err != nil {
+	err := pg.QueryRow(ctx, f.pool, pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeUser, UserID: user},
+		"SELECT tx_id, position FROM user_positions WHERE user_id = $1", []any{user}, &c.TxID, &c.Position)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return c, fmt.Errorf("read user position: %w", err)
 	}
 	return c, nil

@@ -257,10 +257,8 @@ func (s *Service) Authenticate(ctx context.Context, token string) (domain.Princi
 		expires time.Time
 		role    string
 	)
-	err = pg.InTx(ctx, s.pool, system, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, `SELECT s.status, s.expires_at, u.role FROM auth_sessions s JOIN auth_users u USING (user_id)
-WHERE s.session_id = $1 AND s.user_id = $2`, c.SessionID, c.Subject).Scan(&status, &expires, &role)
-	})
+	err = pg.QueryRow(ctx, s.pool, system, `SELECT s.status, s.expires_at, u.role FROM auth_sessions s JOIN auth_users u USING (user_id)
+WHERE s.session_id = $1 AND s.user_id = $2`, []any{c.SessionID, c.Subject}, &status, &expires, &role)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return domain.Principal{}, domain.Claims{}, errTokenInvalid
 	}

@@ -244,3 +244,34 @@ func TestBeginRefusesUnsafeNames(t *testing.T) {
 		t.Fatalf("isolation %s read-only %s role %s", iso, ro, role)
 	}
 }
+
+func TestQueryRowActsAsTheActorForOneStatement(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewPool(t)
+	user := uuid.New()
+	var role, scope, uid string
+	if err := pg.QueryRow(ctxT(t), pool, pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeUser, UserID: user},
+		"SELECT current_user::text, mana_scope(), mana_user_id()::text", nil, &role, &scope, &uid); err != nil {
+		t.Fatal(err)
+	}
+	if role != "mana_app" || scope != "user" || uid != user.String() {
+		t.Fatalf("as actor: %s %s %s", role, scope, uid)
+	}
+	// Row-level security applies: a user sees only their own row.
+	other := uuid.New()
+	if _, err := pool.Exec(ctxT(t), "INSERT INTO user_positions (user_id, tx_id, position) VALUES ($1, '1', 1)", other); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := pg.QueryRow(ctxT(t), pool, pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeUser, UserID: user},
+		"SELECT count(*) FROM user_positions", nil, &n); err != nil || n != 0 {
+		t.Fatalf("user saw %d foreign rows (%v)", n, err)
+	}
+	// Nothing stays on the connection afterwards.
+	for i := 0; i < pgtest.PoolMaxConns; i++ {
+		var r string
+		if err := pool.QueryRow(ctxT(t), "SELECT current_user::text").Scan(&r); err != nil || r == "mana_app" {
+			t.Fatalf("connection kept the role: %s %v", r, err)
+		}
+	}
+}

@@ -113,3 +113,31 @@ func InTx(ctx context.Context, pool *pgxpool.Pool, a Actor, fn func(pgx.Tx) erro
 	}
 	return nil
 }
+
+// QueryRow runs one statement as actor a and scans its single row into
+// dest, in one round trip: the role switch and the statement travel in one
+// pipeline, which PostgreSQL runs as one implicit transaction, so the
+// settings end with it. For hot read paths (the bearer guard).
+func QueryRow(ctx context.Context, pool *pgxpool.Pool, a Actor, sql string, args []any, dest ...any) error {
+	role, scope := a.Role, a.Scope
+	if role == "" {
+		role = RoleApp
+	}
+	if scope == "" {
+		scope = ScopeUser
+	}
+	user := ""
+	if a.UserID != uuid.Nil {
+		user = a.UserID.String()
+	}
+	b := &pgx.Batch{}
+	b.Queue("SELECT set_config('role', $1, true), set_config('mana.scope', $2, true), set_config('mana.user_id', $3, true)",
+		string(role), string(scope), user)
+	b.Queue(sql, args...)
+	br := pool.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return fmt.Errorf("set role: %w", err)
+	}
+	return br.QueryRow().Scan(dest...)
+}
