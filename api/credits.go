@@ -375,6 +375,9 @@ func (h *creditHandlers) appCaptureHold(c *echo.Context) error {
 	if err := Bind(c, &req); err != nil {
 		return err
 	}
+	if req.UserID == uuid.Nil {
+		return invalidField("userId", "is required")
+	}
 	id, err := holdID(c)
 	if err != nil {
 		return err
@@ -397,6 +400,9 @@ func (h *creditHandlers) appReleaseHold(c *echo.Context) error {
 	}
 	if err := Bind(c, &req); err != nil {
 		return err
+	}
+	if req.UserID == uuid.Nil {
+		return invalidField("userId", "is required")
 	}
 	id, err := holdID(c)
 	if err != nil {

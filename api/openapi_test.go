@@ -74,9 +74,12 @@ var echoParam = regexp.MustCompile(`:([A-Za-z0-9_]+)`)
 func TestOpenAPICoversEveryRoute(t *testing.T) {
 	t.Parallel()
 	doc := loadDoc(t)
-	// An Identity that is never called: it only makes New register the
-	// auth routes, which are documented too.
-	s, _ := newServer(t, api.Config{Identity: struct{ domain.Identity }{}})
+	// An Identity and a CreditsService that are never called: they only
+	// make the server register the auth and credit routes, which are
+	// documented too.
+	id := struct{ domain.Identity }{}
+	s, _ := newServer(t, api.Config{Identity: id})
+	s.SetCredits(struct{ domain.CreditsService }{}, id)
 
 	served := map[string]bool{}
 	for _, r := range s.Echo().Router().Routes() {

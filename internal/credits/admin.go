@@ -140,15 +140,23 @@ func (s *Service) BalanceAt(ctx context.Context, user uuid.UUID, at string) (dom
 	} else {
 		return domain.Balance{}, invalid("at", "must be a cursor <tx_id>-<position> or an RFC 3339 time")
 	}
+	return s.foldBalance(ctx, "admin.balance_at", user, func(ev eventstore.Decoded) bool {
+		return !(cursor != nil && cursor.Less(ev.Cursor) || instant != nil && ev.OccurredAt.After(*instant))
+	})
+}
+
+// foldBalance folds the account's credit events that keep accepts, in a
+// read-only command named name.
+func (s *Service) foldBalance(ctx context.Context, name string, user uuid.UUID, keep func(eventstore.Decoded) bool) (domain.Balance, error) {
 	a := domain.Account{UserID: user}
-	_, err := s.cfg.Store.Execute(ctx, eventstore.Command{Name: "admin.balance_at", Actor: pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeAdmin}},
+	_, err := s.cfg.Store.Execute(ctx, eventstore.Command{Name: name, Actor: pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeAdmin}},
 		func(ctx context.Context, tx *eventstore.Tx) (domain.Receipt, error) {
 			evs, _, err := tx.Load(ctx, domain.StreamCreditAccount, user.String(), 0)
 			if err != nil {
 				return domain.Receipt{}, err
 			}
 			for _, ev := range evs {
-				if cursor != nil && cursor.Less(ev.Cursor) || instant != nil && ev.OccurredAt.After(*instant) {
+				if !keep(ev) {
 					continue
 				}
 				if ce, ok := ev.Event.(domain.CreditEvent); ok {

@@ -251,18 +251,26 @@ func (s *Service) Balance(ctx context.Context, user uuid.UUID, minPosition strin
 	return s.writeSideBalance(ctx, user)
 }
 
+// writeSideBalance reads the account row; an account no command has
+// opened yet (a new user's, holding just the signup bonus) is folded from
+// its stream, as opening it would.
 func (s *Service) writeSideBalance(ctx context.Context, user uuid.UUID) (domain.Balance, error) {
 	var a domain.Account
+	opened := true
 	err := pg.InTx(ctx, s.pool, pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeUser, UserID: user}, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `SELECT free, paid, held, total_earned, total_spent FROM credit_accounts WHERE user_id = $1`, user).
 			Scan(&a.Free, &a.Paid, &a.Held, &a.TotalEarned, &a.TotalSpent)
 		if errors.Is(err, pgx.ErrNoRows) {
+			opened = false
 			return nil
 		}
 		return err
 	})
 	if err != nil {
 		return domain.Balance{}, fmt.Errorf("read account: %w", err)
+	}
+	if !opened {
+		return s.foldBalance(ctx, "credits.balance_fold", user, func(eventstore.Decoded) bool { return true })
 	}
 	return a.Balance(s.cfg.DailyFree), nil
 }

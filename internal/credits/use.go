@@ -205,6 +205,10 @@ FROM credit_holds WHERE hold_id = $1 AND user_id = $2 FOR UPDATE`, id, user).
 	if c.Kind != "system" && strings.HasPrefix(placedBy, "app:") && placedBy != c.Principal() {
 		return h, domain.Errorf(domain.CodeAppMismatch, "This hold was placed by another app.")
 	}
+	// A service key acts only on holds for its own app, whoever placed them.
+	if c.Kind == "app" && h.AppID != c.AppID {
+		return h, domain.Errorf(domain.CodeAppMismatch, "This hold belongs to another app.")
+	}
 	return h, nil
 }
 
