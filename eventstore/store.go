@@ -58,6 +58,7 @@ type Store struct {
 	maxAttempts int
 	metrics     *metrics
 	onAppend    atomic.Pointer[func()]
+	cache       keyCache
 }
 
 // OnAppend registers fn to run after every command that appended events has
@@ -205,9 +206,10 @@ func (s *Store) attempt(ctx context.Context, cmd Command, requestHash []byte, de
 	}
 	if tx.last != nil {
 		r.Position = tx.last.String()
-		if err := tx.recordUserPositions(ctx); err != nil {
-			return domain.Receipt{}, err
-		}
+		tx.recordUserPositions()
+	}
+	if err := tx.flush(ctx); err != nil {
+		return domain.Receipt{}, err
 	}
 	if idem := cmd.Idempotency; idem != nil {
 		if err := tx.completeIdempotency(ctx, idem, r); err != nil {
@@ -228,13 +230,47 @@ func (s *Store) attempt(ctx context.Context, cmd Command, requestHash []byte, de
 // the fact; it must not commit or roll back.
 type Tx struct {
 	pgx.Tx
-	q     *db.Queries
-	store *Store
-	cmd   Command
-	now   time.Time
-	keys  map[uuid.UUID]keyring.DataKey
-	users map[uuid.UUID]bool
-	last  *Cursor
+	q      *db.Queries
+	store  *Store
+	cmd    Command
+	now    time.Time
+	keys   map[uuid.UUID]keyring.DataKey
+	users  map[uuid.UUID]bool
+	last   *Cursor
+	queued []queuedStatement
+}
+
+type queuedStatement struct {
+	sql  string
+	args []any
+}
+
+// Queue adds a write to send, with the store's own bookkeeping, in one
+// pipelined round trip just before the commit. Its error (a constraint,
+// say) fails the command like any other. For writes whose results the
+// decision does not need.
+func (tx *Tx) Queue(sql string, args ...any) {
+	tx.queued = append(tx.queued, queuedStatement{sql: sql, args: args})
+}
+
+// flush sends the queued writes in one batch.
+func (tx *Tx) flush(ctx context.Context) error {
+	if len(tx.queued) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	for _, q := range tx.queued {
+		b.Queue(q.sql, q.args...)
+	}
+	tx.queued = nil
+	br := tx.SendBatch(ctx, b)
+	for range b.Len() {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return mapPgError(fmt.Errorf("queued write: %w", err))
+		}
+	}
+	return br.Close()
 }
 
 // Now is the time of this attempt, fixed for all its events.
@@ -255,6 +291,11 @@ type StreamAppend struct {
 	// Users are the users this append touches; each gets the command's
 	// cursor recorded for read-your-writes.
 	Users []uuid.UUID
+	// PrevHash, when the caller keeps the stream's head in state it has
+	// locked (as credit accounts do), is the hash at ExpectedVersion and
+	// saves the lookup. The version guard still applies; a wrong hash
+	// would break the chain, which ledger verify reports.
+	PrevHash []byte
 }
 
 // Append writes the batches atomically, chaining each stream's hashes. It
@@ -320,6 +361,8 @@ func (tx *Tx) Append(ctx context.Context, batches ...StreamAppend) ([]Record, er
 
 func (tx *Tx) streamHead(ctx context.Context, b StreamAppend) (int64, []byte, error) {
 	switch {
+	case b.ExpectedVersion > 0 && len(b.PrevHash) == len(GenesisHash):
+		return b.ExpectedVersion, b.PrevHash, nil
 	case b.ExpectedVersion == 0:
 		return 0, GenesisHash, nil
 	case b.ExpectedVersion == AnyVersion:
@@ -395,17 +438,22 @@ func (tx *Tx) touch(u uuid.UUID) {
 	tx.users[u] = true
 }
 
-func (tx *Tx) recordUserPositions(ctx context.Context) error {
+// userPositionUpsert records the feed cursor of the latest append touching
+// a user. A later transaction always has a greater tx_id, so the upsert
+// only moves forward.
+const userPositionUpsert = `INSERT INTO user_positions (user_id, tx_id, position) VALUES ($1, $2, $3)
+ON CONFLICT (user_id) DO UPDATE SET tx_id = excluded.tx_id, position = excluded.position
+WHERE (user_positions.tx_id, user_positions.position) < (excluded.tx_id, excluded.position)`
+
+// recordUserPositions queues the command's cursor for every user it
+// touched, for read-your-writes.
+func (tx *Tx) recordUserPositions() {
 	if tx.cmd.Actor.Scope == pg.ScopeUser || tx.cmd.Actor.Scope == "" {
 		tx.touch(tx.cmd.Actor.UserID)
 	}
 	for u := range tx.users {
-		err := tx.q.UserPositionUpsert(ctx, db.UserPositionUpsertParams{UserID: u, TxID: tx.last.TxID, Position: tx.last.Position})
-		if err != nil {
-			return fmt.Errorf("record user position: %w", err)
-		}
+		tx.Queue(userPositionUpsert, u, tx.last.TxID, tx.last.Position)
 	}
-	return nil
 }
 
 // mapPgError turns the PostgreSQL errors a command can meet into the

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -24,7 +26,11 @@ func (tx *Tx) dataKey(ctx context.Context, subject uuid.UUID, create bool) (keyr
 	if tx.store.keys == nil {
 		return keyring.DataKey{}, ErrNoKeyring
 	}
+	if k, ok := tx.store.cache.get(subject); ok {
+		return k, nil
+	}
 	wrapped, err := tx.q.DataKeyGet(ctx, subject)
+	committed := err == nil
 	if errors.Is(err, pgx.ErrNoRows) && create {
 		_, w, genErr := tx.store.keys.NewDataKey(subject)
 		if genErr != nil {
@@ -49,7 +55,58 @@ func (tx *Tx) dataKey(ctx context.Context, subject uuid.UUID, create bool) (keyr
 		tx.keys = map[uuid.UUID]keyring.DataKey{}
 	}
 	tx.keys[subject] = k
+	if committed {
+		// Only a key other transactions can already see is cached: one
+		// created here may still roll back.
+		tx.store.cache.put(subject, k)
+	}
 	return k, nil
+}
+
+// dataKeyTTL bounds how long an unwrapped data key is reused from memory
+// when sealing new events. Reads never use the cache, so erasure takes
+// effect for every reader at once; a field sealed by another node with a
+// cached copy of an erased key is unreadable like the rest.
+const dataKeyTTL = time.Minute
+
+// keyCache keeps recently used unwrapped data keys, so commands on an
+// account with personal data in its events (spend descriptions) do not
+// read and unwrap the key every time.
+type keyCache struct {
+	mu sync.Mutex
+	m  map[uuid.UUID]cachedKey
+}
+
+type cachedKey struct {
+	key   keyring.DataKey
+	until time.Time
+}
+
+const keyCacheMax = 100_000
+
+func (c *keyCache) get(subject uuid.UUID) (keyring.DataKey, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[subject]
+	if !ok || time.Now().After(e.until) {
+		return keyring.DataKey{}, false
+	}
+	return e.key, true
+}
+
+func (c *keyCache) put(subject uuid.UUID, k keyring.DataKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= keyCacheMax {
+		c.m = map[uuid.UUID]cachedKey{}
+	}
+	c.m[subject] = cachedKey{key: k, until: time.Now().Add(dataKeyTTL)}
+}
+
+func (c *keyCache) drop(subject uuid.UUID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, subject)
 }
 
 // ErrErased means a subject's data key is gone: its personal data can no
@@ -106,6 +163,7 @@ func (tx *Tx) EraseSubject(ctx context.Context, userID uuid.UUID) error {
 		return fmt.Errorf("erase idempotent responses: %w", err)
 	}
 	delete(tx.keys, userID)
+	tx.store.cache.drop(userID)
 	return nil
 }
 

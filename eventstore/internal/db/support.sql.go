@@ -261,22 +261,3 @@ func (q *Queries) UserPositionGet(ctx context.Context, userID uuid.UUID) (UserPo
 	err := row.Scan(&i.TxID, &i.Position)
 	return i, err
 }
-
-const userPositionUpsert = `-- name: UserPositionUpsert :exec
-INSERT INTO user_positions (user_id, tx_id, position) VALUES ($1, $2, $3)
-ON CONFLICT (user_id) DO UPDATE SET tx_id = excluded.tx_id, position = excluded.position
-WHERE (user_positions.tx_id, user_positions.position) < (excluded.tx_id, excluded.position)
-`
-
-type UserPositionUpsertParams struct {
-	UserID   uuid.UUID
-	TxID     uint64
-	Position int64
-}
-
-// Records the feed cursor of the latest append touching a user. A later
-// transaction always has a greater tx_id, so the upsert only moves forward.
-func (q *Queries) UserPositionUpsert(ctx context.Context, arg UserPositionUpsertParams) error {
-	_, err := q.db.Exec(ctx, userPositionUpsert, arg.UserID, arg.TxID, arg.Position)
-	return err
-}

@@ -42,13 +42,6 @@ SELECT subject_id, wrapped_key FROM data_keys WHERE subject_id = ANY(@subject_id
 -- name: DataKeyDelete :exec
 DELETE FROM data_keys WHERE subject_id = $1;
 
--- name: UserPositionUpsert :exec
--- Records the feed cursor of the latest append touching a user. A later
--- transaction always has a greater tx_id, so the upsert only moves forward.
-INSERT INTO user_positions (user_id, tx_id, position) VALUES ($1, $2, $3)
-ON CONFLICT (user_id) DO UPDATE SET tx_id = excluded.tx_id, position = excluded.position
-WHERE (user_positions.tx_id, user_positions.position) < (excluded.tx_id, excluded.position);
-
 -- name: UserPositionGet :one
 SELECT tx_id, position FROM user_positions WHERE user_id = $1;
 
