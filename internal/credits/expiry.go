@@ -12,8 +12,9 @@ import (
 	"github.com/manacore/mana/internal/pg"
 )
 
-// ExpireDue records the expiry of up to limit active holds whose time is
-// up, each in its own command, and returns how many it expired. Decisions
+// ExpireDue looks up to limit active holds whose time is up and, for each
+// of their accounts, runs one command that records the expiry of all the
+// account's due holds; it returns how many it expired. Decisions
 // treat a hold as expired at now ≥ expiresAt anyway; this worker returns
 // the credits of holds nobody touches again.
 func (s *Service) ExpireDue(ctx context.Context, limit int) (int, error) {
@@ -34,29 +35,25 @@ func (s *Service) ExpireDue(ctx context.Context, limit int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Every command expires its account's due holds before it decides
+	// (see execute), so one empty command per account does the work.
 	n := 0
 	worker := domain.Caller{Kind: "system"}
+	done := map[uuid.UUID]bool{}
 	for _, d := range list {
-		expired := false
-		_, err := s.execute(ctx, command{op: "credits.expire", caller: worker, user: d.user},
+		if done[d.user] {
+			continue
+		}
+		done[d.user] = true
+		expired := 0
+		_, err := s.execute(ctx, command{op: "credits.expire", caller: worker, user: d.user, expired: &expired},
 			func(ctx context.Context, tx *eventstore.Tx, acct *domain.Account) (step, error) {
-				expired = false
-				h, err := lockHold(ctx, tx, worker, d.user, d.hold)
-				if err != nil || !h.ExpiredAt(tx.Now()) {
-					return step{status: 200, body: func(domain.Account) any { return nil }}, err
-				}
-				ev := h.Expire()
-				h.Status = domain.HoldExpired
-				expired = true
-				return step{events: []domain.Event{ev}, status: 200, body: func(domain.Account) any { return nil },
-					after: func(ctx context.Context, tx *eventstore.Tx) error { return setHold(ctx, tx, h) }}, nil
+				return step{status: 200, body: func(domain.Account) any { return nil }}, nil
 			})
 		if err != nil {
 			return n, err
 		}
-		if expired {
-			n++
-		}
+		n += expired
 	}
 	return n, nil
 }

@@ -79,6 +79,8 @@ type command struct {
 	user    uuid.UUID
 	key     string
 	request any
+	// expired, when set, receives how many due holds the command expired.
+	expired *int
 }
 
 // decision decides on the locked account. It returns the events to append
@@ -117,27 +119,41 @@ func (s *Service) execute(ctx context.Context, c command, decide decision) (doma
 	var fail error
 	r, err := s.cfg.Store.Execute(ctx, cmd, func(ctx context.Context, tx *eventstore.Tx) (domain.Receipt, error) {
 		fail = nil
-		acct, err := lockAccount(ctx, tx, c.user)
+		acct, head, err := lockAccount(ctx, tx, c.user)
 		if err != nil {
 			return domain.Receipt{}, err
 		}
-		st, err := decide(ctx, tx, &acct)
+		// Holds past their time are expired whether or not that was
+		// recorded: a decision records it first, so their credits are
+		// back before it decides.
+		expiries, err := expireDueHolds(ctx, tx, acct)
 		if err != nil {
 			return domain.Receipt{}, err
 		}
+		if c.expired != nil {
+			*c.expired = len(expiries)
+		}
+		decided := acct
+		for _, ev := range expiries {
+			decided.Apply(ev.(domain.CreditEvent))
+		}
+		st, err := decide(ctx, tx, &decided)
+		if err != nil {
+			return domain.Receipt{}, err
+		}
+		st.events = append(expiries, st.events...)
 		if len(st.events) > 0 {
 			before := acct.Version
 			for _, ev := range st.events {
 				acct.Apply(ev.(domain.CreditEvent))
 			}
 			acct.Version += int64(len(st.events))
-			if _, err := tx.Append(ctx, eventstore.StreamAppend{StreamType: domain.StreamCreditAccount, StreamID: c.user.String(),
-				ExpectedVersion: before, Users: []uuid.UUID{c.user}, Events: st.events}); err != nil {
+			recs, err := tx.Append(ctx, eventstore.StreamAppend{StreamType: domain.StreamCreditAccount, StreamID: c.user.String(),
+				ExpectedVersion: before, PrevHash: head, Users: []uuid.UUID{c.user}, Events: st.events})
+			if err != nil {
 				return domain.Receipt{}, err
 			}
-			if err := saveAccount(ctx, tx, acct); err != nil {
-				return domain.Receipt{}, err
-			}
+			saveAccount(tx, acct, recs[len(recs)-1].Hash)
 		}
 		if st.after != nil {
 			if err := st.after(ctx, tx); err != nil {
@@ -166,22 +182,25 @@ func (s *Service) execute(ctx context.Context, c command, decide decision) (doma
 // lockAccount reads the account row FOR UPDATE, opening it on first use
 // from the user's registration and the events already in its stream (the
 // signup bonus). NOT_FOUND when no such user exists.
-func lockAccount(ctx context.Context, tx *eventstore.Tx, user uuid.UUID) (domain.Account, error) {
+// It also returns the hash of the stream's newest event when the row knows
+// it (nil otherwise: the append then looks it up).
+func lockAccount(ctx context.Context, tx *eventstore.Tx, user uuid.UUID) (domain.Account, []byte, error) {
 	for attempt := 0; attempt < 2; attempt++ {
 		a := domain.Account{UserID: user}
-		err := tx.QueryRow(ctx, `SELECT version, free, paid, held, total_earned, total_spent, created_at, last_daily_grant
-FROM credit_accounts WHERE user_id = $1 FOR UPDATE`, user).Scan(&a.Version, &a.Free, &a.Paid, &a.Held, &a.TotalEarned, &a.TotalSpent, &a.CreatedAt, &a.LastDailyGrant)
+		var head []byte
+		err := tx.QueryRow(ctx, `SELECT version, free, paid, held, total_earned, total_spent, created_at, last_daily_grant, last_hash
+FROM credit_accounts WHERE user_id = $1 FOR UPDATE`, user).Scan(&a.Version, &a.Free, &a.Paid, &a.Held, &a.TotalEarned, &a.TotalSpent, &a.CreatedAt, &a.LastDailyGrant, &head)
 		if err == nil {
-			return a, nil
+			return a, head, nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return a, fmt.Errorf("lock account: %w", err)
+			return a, nil, fmt.Errorf("lock account: %w", err)
 		}
 		if err := openAccount(ctx, tx, user); err != nil {
-			return a, err
+			return a, nil, err
 		}
 	}
-	return domain.Account{}, errors.New("credits: account row did not appear")
+	return domain.Account{}, nil, errors.New("credits: account row did not appear")
 }
 
 // openAccount creates the account row by folding the account's stream so
@@ -212,13 +231,11 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (user_id) DO NOTHING`,
 	return err
 }
 
-func saveAccount(ctx context.Context, tx *eventstore.Tx, a domain.Account) error {
-	_, err := tx.Exec(ctx, `UPDATE credit_accounts SET version = $2, free = $3, paid = $4, held = $5, total_earned = $6, total_spent = $7, last_daily_grant = $8
-WHERE user_id = $1`, a.UserID, a.Version, a.Free, a.Paid, a.Held, a.TotalEarned, a.TotalSpent, a.LastDailyGrant)
-	if err != nil {
-		return fmt.Errorf("save account: %w", err)
-	}
-	return nil
+// saveAccount queues the rewrite of the locked account row; it travels
+// with the command's other bookkeeping in one round trip before commit.
+func saveAccount(tx *eventstore.Tx, a domain.Account, head []byte) {
+	tx.Queue(`UPDATE credit_accounts SET version = $2, free = $3, paid = $4, held = $5, total_earned = $6, total_spent = $7, last_daily_grant = $8, last_hash = $9
+WHERE user_id = $1`, a.UserID, a.Version, a.Free, a.Paid, a.Held, a.TotalEarned, a.TotalSpent, a.LastDailyGrant, head)
 }
 
 // withDaily prepends the daily grant when this debit is the account's first
@@ -296,4 +313,34 @@ func strPtr(s string) *string {
 		return nil
 	}
 	return &s
+}
+
+// expireDueHolds returns the expiry events of the account's active holds
+// whose time is up, and marks them expired. It costs nothing for
+// accounts without held credits.
+func expireDueHolds(ctx context.Context, tx *eventstore.Tx, acct domain.Account) ([]domain.Event, error) {
+	if acct.Held == 0 {
+		return nil, nil
+	}
+	rows, err := tx.Query(ctx, `SELECT hold_id, app_id, amount, free_part, paid_part, expires_at FROM credit_holds
+WHERE user_id = $1 AND status = 'active' AND expires_at <= $2 ORDER BY expires_at, hold_id FOR UPDATE`, acct.UserID, tx.Now())
+	if err != nil {
+		return nil, fmt.Errorf("due holds: %w", err)
+	}
+	holds, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (domain.Hold, error) {
+		h := domain.Hold{UserID: acct.UserID, Status: domain.HoldActive}
+		return h, r.Scan(&h.ID, &h.AppID, &h.Amount, &h.Split.Free, &h.Split.Paid, &h.ExpiresAt)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("due holds: %w", err)
+	}
+	evs := make([]domain.Event, 0, len(holds))
+	for _, h := range holds {
+		evs = append(evs, h.Expire())
+		// At once, not queued: the decision may read this hold next.
+		if _, err := tx.Exec(ctx, `UPDATE credit_holds SET status = 'expired' WHERE hold_id = $1`, h.ID); err != nil {
+			return nil, err
+		}
+	}
+	return evs, nil
 }

@@ -120,9 +120,9 @@ func (s *Service) Use(ctx context.Context, c domain.Caller, user uuid.UUID, in d
 					return map[string]any{"success": true, "transaction": spendTransaction(spend, now), "newBalance": after.Balance(s.cfg.DailyFree)}
 				},
 				after: func(ctx context.Context, tx *eventstore.Tx) error {
-					_, err := tx.Exec(ctx, `INSERT INTO credit_charges (transaction_id, user_id, app_id, amount, free_part, paid_part, created_at)
+					tx.Queue(`INSERT INTO credit_charges (transaction_id, user_id, app_id, amount, free_part, paid_part, created_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7)`, txID, user, in.AppID, spend.Amount, spend.Split.Free, spend.Split.Paid, now)
-					return err
+					return nil
 				},
 			}, nil
 		})
