@@ -63,6 +63,7 @@ type CreditAccount struct {
 	TotalSpent     int64
 	CreatedAt      time.Time
 	LastDailyGrant string
+	LastHash       []byte
 }
 
 type CreditCharge struct {
