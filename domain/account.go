@@ -94,7 +94,23 @@ func (a *Account) Apply(ev CreditEvent) {
 		a.TotalSpent += e.Amount
 	case *CreditWrittenOff:
 		a.TotalSpent += e.Amount
+	case CreditPurchased:
+		a.TotalEarned += a.paidPart(e.Postings)
+	case *CreditPurchased:
+		a.TotalEarned += a.paidPart(e.Postings)
 	}
+}
+
+// paidPart is what postings add to the user's paid bucket: a purchase for
+// an erased account posts to system:unclaimed and earns the user nothing.
+func (a *Account) paidPart(ps []Posting) Credits {
+	var n Credits
+	for _, p := range ps {
+		if p.Account == UserPaidAccount(a.UserID) {
+			n += p.Amount
+		}
+	}
+	return n
 }
 
 func (a *Account) adjustTotals(amount Credits) {

@@ -51,16 +51,29 @@ var samples = []domain.Event{
 		Postings: []domain.Posting{{Account: "user:" + uid.String() + ":held", Amount: -10}, {Account: "user:" + uid.String() + ":free", Amount: 8}, {Account: "user:" + uid.String() + ":paid", Amount: 2}}},
 	&domain.CreditHoldExpired{HoldID: hid, UserID: uid, AppID: "chat", Returned: domain.Split{Free: 8, Paid: 2},
 		Postings: []domain.Posting{{Account: "user:" + uid.String() + ":held", Amount: -10}, {Account: "user:" + uid.String() + ":free", Amount: 8}, {Account: "user:" + uid.String() + ":paid", Amount: 2}}},
+	&domain.PackageUpdated{PackageID: pid, Name: ptr("Starter+"), PriceCents: ptr(int64(120)), Active: ptr(false)},
+	&domain.PurchaseCreated{PurchaseID: purid, UserID: uid, PackageID: pid, Credits: 500, AmountCents: 500, Currency: "eur", Kind: "payment_intent", ProviderID: "pi_123"},
+	&domain.PurchaseCompleted{PurchaseID: purid, UserID: uid, StripeEventID: "evt_1"},
+	&domain.PurchaseFailed{PurchaseID: purid, UserID: uid, StripeEventID: "evt_2", Reason: "card_declined"},
+	&domain.PurchasePaymentRejected{PurchaseID: purid, UserID: uid, StripeEventID: "evt_3", Reason: "amount_mismatch", AmountCents: 1, Currency: "eur"},
+	func() *domain.CreditPurchased {
+		e := domain.NewCreditPurchased(txid, uid, purid, 500, false)
+		return &e
+	}(),
 	&domain.CreditWrittenOff{UserID: uid, Amount: 12, Split: domain.Split{Free: 10, Paid: 2},
 		Postings: []domain.Posting{{Account: "user:" + uid.String() + ":free", Amount: -10}, {Account: "user:" + uid.String() + ":paid", Amount: -2}, {Account: "system:writeoff", Amount: 12}}},
 }
 
 var (
-	uid  = uuid.MustParse("0b7e4a52-9c1d-4f3e-8a6b-5d2c1e0f9a87")
-	sid  = uuid.MustParse("5f3c2b1a-0e9d-4c8b-a7f6-e5d4c3b2a190")
-	txid = uuid.MustParse("7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d")
-	hid  = uuid.MustParse("9c8b7a6d-5e4f-4321-8765-4321fedcba98")
+	uid   = uuid.MustParse("0b7e4a52-9c1d-4f3e-8a6b-5d2c1e0f9a87")
+	sid   = uuid.MustParse("5f3c2b1a-0e9d-4c8b-a7f6-e5d4c3b2a190")
+	txid  = uuid.MustParse("7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d")
+	hid   = uuid.MustParse("9c8b7a6d-5e4f-4321-8765-4321fedcba98")
+	pid   = uuid.MustParse("8e0c3d1a-4f55-5d0e-9b1c-2a7f4e6d8c90")
+	purid = uuid.MustParse("3b2a1c0d-9e8f-47a6-b5c4-d3e2f1a0b9c8")
 )
+
+func ptr[T any](v T) *T { return &v }
 
 // TestEveryEventTypeHasAGoldenPayload pins each payload's JSON shape: a
 // change to a field name, type or tag shows up as a golden diff and needs a

@@ -189,6 +189,34 @@ type ProjectionFailure struct {
 	SkippedBy  pgtype.Text
 }
 
+type Purchase struct {
+	ID          uuid.UUID
+	UserID      uuid.UUID
+	PackageID   uuid.UUID
+	Credits     int64
+	AmountCents int64
+	Currency    string
+	Status      string
+	CreatedAt   time.Time
+	CompletedAt pgtype.Timestamptz
+}
+
+type PurchaseOrder struct {
+	PurchaseID      uuid.UUID
+	UserID          uuid.UUID
+	PackageID       uuid.UUID
+	Credits         int64
+	AmountCents     int64
+	Currency        string
+	Kind            string
+	ProviderID      string
+	PaymentIntentID pgtype.Text
+	Status          string
+	Version         int64
+	CreatedAt       time.Time
+	CompletedAt     pgtype.Timestamptz
+}
+
 type RelayCheckpoint struct {
 	Name      string
 	TxID      uint64
@@ -241,6 +269,12 @@ type SigningKey struct {
 type SignupBonusClaim struct {
 	EmailHmac []byte
 	ClaimedAt time.Time
+}
+
+type StripeEvent struct {
+	EventID    string
+	Type       string
+	ReceivedAt time.Time
 }
 
 type Transaction struct {
