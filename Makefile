@@ -6,11 +6,16 @@ GO ?= go
 BIN := $(CURDIR)/bin
 SQLC_VERSION := v1.31.1
 SQLC := $(BIN)/sqlc
+# stripe-mock serves Stripe's API from its OpenAPI fixtures for the payment
+# tests; they start it on a free loopback port (see docs/payments.md).
+STRIPE_MOCK_VERSION := v0.203.0
+STRIPE_MOCK := $(BIN)/stripe-mock
+STRIPE_MOCK_STAMP := $(BIN)/.stripe-mock-$(STRIPE_MOCK_VERSION)
 # Debian packages the tests need, by the command that proves each is there.
 DEB_CMDS := psql:postgresql-client /usr/lib/postgresql/15/bin/initdb:postgresql-15 pgbench:postgresql-contrib
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all run build deps test test-race verify generate fmt vet bench clean
+.PHONY: FORCE all run build deps test test-race verify generate fmt vet bench clean
 
 all: build
 
@@ -23,7 +28,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o $(BIN)/mana ./cmd/mana
 
 ## deps: install the pinned tools into ./bin and, as root, missing Debian packages
-deps: $(SQLC)
+deps: $(SQLC) $(STRIPE_MOCK_STAMP)
 	@missing=""; for pair in $(DEB_CMDS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x "$$cmd" ] || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
@@ -34,6 +39,16 @@ deps: $(SQLC)
 $(SQLC):
 	@mkdir -p $(BIN)
 	GOBIN=$(BIN) CGO_ENABLED=1 $(GO) install github.com/sqlc-dev/sqlc/cmd/sqlc@$(SQLC_VERSION)
+
+# Installed again when the pin changes (the stamp names the version) or the
+# binary is gone.
+$(STRIPE_MOCK_STAMP): $(if $(wildcard $(STRIPE_MOCK)),,FORCE)
+	@mkdir -p $(BIN)
+	GOBIN=$(BIN) $(GO) install github.com/stripe/stripe-mock@$(STRIPE_MOCK_VERSION)
+	@rm -f $(BIN)/.stripe-mock-*
+	@touch $@
+
+FORCE:
 
 ## test: every test against real PostgreSQL (started if needed); never skips
 test: deps

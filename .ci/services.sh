@@ -29,3 +29,18 @@ if ! pg_ready; then
   exit 1
 fi
 echo "services: PostgreSQL ok"
+
+# stripe-mock (Stripe's API from its fixtures) for the payment tests: they
+# start their own on a free loopback port, or use STRIPE_MOCK_URL when it is
+# set. `make deps` installs the pinned binary.
+stripe_mock="$(dirname "$0")/../bin/stripe-mock"
+if [ -n "${STRIPE_MOCK_URL:-}" ]; then
+  if ! curl -fsS -u sk_test_123: "$STRIPE_MOCK_URL/v1/customers" >/dev/null 2>&1; then
+    echo "services: stripe-mock does not answer at STRIPE_MOCK_URL=$STRIPE_MOCK_URL" >&2
+    exit 1
+  fi
+elif [ ! -x "$stripe_mock" ]; then
+  echo "services: bin/stripe-mock is missing; run make deps" >&2
+  exit 1
+fi
+echo "services: stripe-mock ok"

@@ -74,12 +74,14 @@ var echoParam = regexp.MustCompile(`:([A-Za-z0-9_]+)`)
 func TestOpenAPICoversEveryRoute(t *testing.T) {
 	t.Parallel()
 	doc := loadDoc(t)
-	// An Identity and a CreditsService that are never called: they only
-	// make the server register the auth and credit routes, which are
-	// documented too.
+	// An Identity, a CreditsService, a Catalog and a Purchases that are
+	// never called: they only make the server register the auth, credit,
+	// package and purchase routes, which are documented too.
 	id := struct{ domain.Identity }{}
 	s, _ := newServer(t, api.Config{Identity: id})
 	s.SetCredits(struct{ domain.CreditsService }{}, id)
+	s.SetCatalog(struct{ api.Catalog }{}, id)
+	s.SetPurchases(struct{ domain.Purchases }{}, id)
 
 	served := map[string]bool{}
 	for _, r := range s.Echo().Router().Routes() {

@@ -31,8 +31,9 @@ type balancesProjection struct{ Handlers }
 // row.
 //
 // Credit events of an erased user cannot follow user.erased in the feed
-// (the account is written off before the erasure, and a payment for an
-// erased account goes to system:unclaimed), so a deleted row stays deleted.
+// (the account is written off before the erasure), and a payment for an
+// erased account goes to system:unclaimed and adds no row here, so a deleted
+// row stays deleted.
 func Balances() Projection {
 	h := Handlers{"user.erased": applyBalancesErased}
 	for _, t := range creditEventTypes() {
@@ -98,6 +99,9 @@ func applyBalanceEvent(ctx context.Context, w *Writer, ev eventstore.Decoded) er
 	ce, err := creditEvent(ev)
 	if err != nil {
 		return err
+	}
+	if unclaimedPurchase(ce) {
+		return nil
 	}
 	t := w.Table("balances")
 	a := domain.Account{UserID: ce.Account()}

@@ -19,9 +19,13 @@ type packagesProjection struct{ Handlers }
 
 // Packages returns the projection "packages": one row per credit package,
 // from package.created (an upsert keyed by the package id, so a re-created
-// package replaces its row but keeps created_at).
+// package replaces its row but keeps created_at) and package.updated (the
+// fields the event carries replace the row's, the others stay).
 func Packages() Projection {
-	return packagesProjection{Handlers{"package.created": applyPackageCreated}}
+	return packagesProjection{Handlers{
+		"package.created": applyPackageCreated,
+		"package.updated": applyPackageUpdated,
+	}}
 }
 
 func (packagesProjection) Name() string { return "packages" }
@@ -52,6 +56,28 @@ ON CONFLICT (id) DO UPDATE SET
 	return nil
 }
 
+// applyPackageUpdated writes the fields a package.updated carries; absent
+// (nil) fields keep their value. An update of a package without a row
+// changes nothing: the write side appends package.updated only to a
+// package's own stream after its package.created, so in feed order the row
+// always exists first, and halting the catalogue on such an event would
+// help no one.
+func applyPackageUpdated(ctx context.Context, w *Writer, ev eventstore.Decoded) error {
+	e, ok := ev.Event.(*domain.PackageUpdated)
+	if !ok {
+		return fmt.Errorf("package.updated: unexpected payload %T", ev.Event)
+	}
+	_, err := w.Exec(ctx, `UPDATE `+w.Table("packages")+` SET
+    name = coalesce($2, name), credits = coalesce($3, credits), price_cents = coalesce($4, price_cents),
+    sort_order = coalesce($5, sort_order), active = coalesce($6, active), updated_at = $7
+WHERE id = $1`,
+		e.PackageID, e.Name, e.Credits, e.PriceCents, e.SortOrder, e.Active, ev.OccurredAt)
+	if err != nil {
+		return fmt.Errorf("update package: %w", err)
+	}
+	return nil
+}
+
 // Package is a row of the packages read model.
 type Package struct {
 	ID         uuid.UUID
@@ -69,10 +95,25 @@ type Package struct {
 // sort_order, then id so that equal orders are stable (the index
 // packages_sort_idx serves exactly this). It reads as mana_app.
 func ActivePackages(ctx context.Context, pool *pgxpool.Pool) ([]Package, error) {
+	return listPackages(ctx, pool, pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeApp}, true)
+}
+
+// AllPackages returns every package, on sale or not, in catalogue order
+// (sort_order, then id), for administrators. It reads as mana_app with
+// admin scope.
+func AllPackages(ctx context.Context, pool *pgxpool.Pool) ([]Package, error) {
+	return listPackages(ctx, pool, pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeAdmin}, false)
+}
+
+func listPackages(ctx context.Context, pool *pgxpool.Pool, as pg.Actor, activeOnly bool) ([]Package, error) {
+	q := `SELECT id, name, credits, price_cents, currency, sort_order, active, created_at, updated_at FROM packages`
+	if activeOnly {
+		q += ` WHERE active`
+	}
+	q += ` ORDER BY sort_order, id`
 	var out []Package
-	err := pg.InTx(ctx, pool, pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeApp}, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT id, name, credits, price_cents, currency, sort_order, active, created_at, updated_at
-FROM packages WHERE active ORDER BY sort_order, id`)
+	err := pg.InTx(ctx, pool, as, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, q)
 		if err != nil {
 			return err
 		}

@@ -93,7 +93,7 @@ func (h Handlers) Apply(ctx context.Context, w *Writer, ev eventstore.Decoded) e
 
 // All returns the projections of this build, the ones `mana serve` runs.
 func All() []Projection {
-	return []Projection{Packages(), Users(), Sessions(), SecurityEvents(), Balances(), Transactions(), UsageStats()}
+	return []Projection{Packages(), Users(), Sessions(), SecurityEvents(), Balances(), Transactions(), UsageStats(), Purchases()}
 }
 
 // Find returns the projection of projs named name.

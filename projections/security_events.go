@@ -34,6 +34,9 @@ const (
 	SecurityRoleChanged        = "role_changed"
 	SecuritySessionRevoked     = "session_revoked"
 	SecurityRefreshTokenReused = "refresh_token_reused"
+	SecurityPaymentRejected    = "payment_rejected"
+	SecurityPurchaseFailed     = "purchase_failed"
+	SecurityPurchaseCompleted  = "purchase_completed"
 )
 
 // SecurityEvents returns the projection "security_events". Each row's
@@ -51,6 +54,13 @@ const (
 //   - session.revoked: session_revoked, detail the reason; a revocation for
 //     a reused refresh token is refresh_token_reused instead, without
 //     detail (the type says it).
+//   - purchase.payment_rejected: payment_rejected, detail the reason
+//     (amount_mismatch, currency_mismatch …); a rejected payment that
+//     named no known purchase has no user and adds no row.
+//   - purchase.failed: purchase_failed, detail the reason.
+//   - purchase.completed: purchase_completed, detail the purchase id; none
+//     when the account was erased before the payment (the credits went to
+//     system:unclaimed).
 //   - user.erased deletes every row of the user.
 //
 // An event applied after the user's key was shredded (a lagging or rebuilt
@@ -84,6 +94,18 @@ func SecurityEvents() Projection {
 			}
 			return securityRow{user: e.UserID, typ: SecuritySessionRevoked, detail: e.Reason}
 		}),
+		"purchase.payment_rejected": securityHandler(func(e *domain.PurchasePaymentRejected) securityRow {
+			return securityRow{user: e.UserID, typ: SecurityPaymentRejected, detail: e.Reason}
+		}),
+		"purchase.failed": securityHandler(func(e *domain.PurchaseFailed) securityRow {
+			return securityRow{user: e.UserID, typ: SecurityPurchaseFailed, detail: e.Reason}
+		}),
+		"purchase.completed": securityHandler(func(e *domain.PurchaseCompleted) securityRow {
+			if e.Unclaimed {
+				return securityRow{}
+			}
+			return securityRow{user: e.UserID, typ: SecurityPurchaseCompleted, detail: e.PurchaseID.String()}
+		}),
 		"user.erased": applySecurityEventsErased,
 	}}
 }
@@ -102,7 +124,7 @@ CREATE POLICY security_events_project ON ` + t + ` FOR ALL TO mana_projector USI
 }
 
 // securityRow is what one event adds to the log; empty strings are stored
-// as NULL.
+// as NULL. A row without a user adds nothing.
 type securityRow struct {
 	user       uuid.UUID
 	typ        string
@@ -118,6 +140,9 @@ func securityHandler[E domain.Event](f func(E) securityRow) Handler {
 			return fmt.Errorf("%s: unexpected payload %T", ev.EventType, ev.Event)
 		}
 		r := f(e)
+		if r.user == uuid.Nil {
+			return nil
+		}
 		// Keyed by the event id and an upsert, so the row is a function
 		// of its event whatever the table held.
 		_, err := w.Exec(ctx, `INSERT INTO `+w.Table("security_events")+` AS s

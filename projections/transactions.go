@@ -64,6 +64,8 @@ const (
 //   - credit.hold_expired: hold_expiry, the amount given back, with the app
 //     and hold ids.
 //   - credit.written_off: writeoff, the amount written off.
+//   - credit.purchased for an erased account (its credits go to
+//     system:unclaimed) adds no row: it moves nothing of the user's.
 //   - credit.purchased and any credit event added after this projection:
 //     the type named by the event type (purchase for credit.purchased), the
 //     net amount the event moves into the user's accounts, in absolute
@@ -152,6 +154,9 @@ func applyTransactionEvent(ctx context.Context, w *Writer, ev eventstore.Decoded
 	ce, err := creditEvent(ev)
 	if err != nil {
 		return err
+	}
+	if unclaimedPurchase(ce) {
+		return nil
 	}
 	r := transactionRow(ev.EventType, ce)
 	if r.id == uuid.Nil {

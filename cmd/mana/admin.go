@@ -2,21 +2,24 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"strconv"
+	"text/tabwriter"
 
 	"github.com/google/uuid"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/manacore/mana/domain"
+	"github.com/manacore/mana/internal/catalog"
 	"github.com/manacore/mana/internal/credits"
 	"github.com/manacore/mana/internal/natsx"
 	"github.com/manacore/mana/internal/pg"
 )
 
 func cmdAdmin(ctx context.Context, e *env, args []string) error {
-	const help = "Usage: mana admin set-role EMAIL ROLE | service-key create APP [--max-per-user-per-day N] | service-key revoke KEY_ID | grant|adjust USER_ID AMOUNT --reason R | refund USER_ID TRANSACTION_ID AMOUNT --reason R\n\n  set-role     give a user the role user or admin; revokes the user's sessions\n  service-key  create or revoke an app's service key (the secret is shown once)\n  grant        add credits (--bucket free|paid)\n  adjust       correct a balance by a signed amount\n  refund       give back part or all of a spend or capture\n"
+	const help = "Usage: mana admin set-role EMAIL ROLE | service-key create APP [--max-per-user-per-day N] | service-key revoke KEY_ID | grant|adjust USER_ID AMOUNT --reason R | refund USER_ID TRANSACTION_ID AMOUNT --reason R | packages list|create|update ...\n\n  set-role     give a user the role user or admin; revokes the user's sessions\n  service-key  create or revoke an app's service key (the secret is shown once)\n  grant        add credits (--bucket free|paid)\n  adjust       correct a balance by a signed amount\n  refund       give back part or all of a spend or capture\n  packages     list, create or update the credit packages on sale\n"
 	if len(args) == 0 || args[0] == "--help" || args[0] == "-h" {
 		fmt.Fprint(e.stdout, help)
 		if len(args) == 0 {
@@ -31,6 +34,8 @@ func cmdAdmin(ctx context.Context, e *env, args []string) error {
 		return adminServiceKey(ctx, e, args[1:])
 	case "grant", "adjust", "refund":
 		return adminCredits(ctx, e, args[0], args[1:])
+	case "packages":
+		return adminPackages(ctx, e, args[1:])
 	}
 	return fmt.Errorf("%w: unknown subcommand %q", errUsage, args[0])
 }
@@ -193,4 +198,140 @@ func openCredits(ctx context.Context, e *env) (*credits.Service, func(), error) 
 		return nil, nil, err
 	}
 	return cs, pool.Close, nil
+}
+
+const packagesUsage = `Usage: mana admin packages list [--min-position CURSOR]
+       mana admin packages create NAME --credits N --price-cents N [--sort-order N] [--active=false] [--idempotency-key K]
+       mana admin packages update PACKAGE_ID [--name NAME] [--credits N] [--price-cents N] [--sort-order N] [--active=true|false]
+
+  list    every package, on sale or not, by sort order (from the packages read model)
+  create  record a package (currency eur); prints it and the write's position
+  update  change some fields of a package; prints it and the write's position
+`
+
+// adminPackages manages the credit package catalogue.
+func adminPackages(ctx context.Context, e *env, args []string) error {
+	if len(args) == 0 || (args[0] != "list" && args[0] != "create" && args[0] != "update") {
+		fmt.Fprint(e.stdout, packagesUsage)
+		if len(args) > 0 && (args[0] == "--help" || args[0] == "-h") {
+			return nil
+		}
+		return fmt.Errorf("%w: want list, create or update", errUsage)
+	}
+	switch args[0] {
+	case "list":
+		return adminPackagesList(ctx, e, args[1:])
+	case "create":
+		return adminPackagesCreate(ctx, e, args[1:])
+	}
+	return adminPackagesUpdate(ctx, e, args[1:])
+}
+
+// cliAdmin is the caller of admin commands run from the CLI.
+var cliAdmin = domain.Caller{Kind: "admin", Meta: domain.RequestMeta{RequestID: "cli"}}
+
+func adminPackagesList(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "admin packages list", "admin packages list [--min-position CURSOR]")
+	minPos := fs.String("min-position", "", "wait until the list reflects this position (printed by create and update)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	svc, done, err := openCatalog(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer done()
+	list, err := svc.All(ctx, uuid.Nil, *minPos)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tCREDITS\tPRICE_CENTS\tCURRENCY\tSORT_ORDER\tACTIVE")
+	for _, p := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\t%t\n", p.ID, p.Name, p.Credits, p.PriceCents, p.Currency, p.SortOrder, p.Active)
+	}
+	return tw.Flush()
+}
+
+func adminPackagesCreate(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "admin packages create", "admin packages create NAME --credits N --price-cents N [--sort-order N] [--active=false] [--idempotency-key K]")
+	credits := fs.Int64("credits", 0, "credits the package grants (required, > 0)")
+	price := fs.Int64("price-cents", 0, "price in euro cents (required, > 0)")
+	order := fs.Int("sort-order", 0, "position in the catalogue (ascending)")
+	active := fs.Bool("active", true, "on sale")
+	key := fs.String("idempotency-key", "", "makes a retry of this command record the package once")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("%w: admin packages create takes NAME", errUsage)
+	}
+	svc, done, err := openCatalog(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer done()
+	r, err := svc.Create(ctx, cliAdmin, catalog.NewPackage{Name: pos[0], Credits: *credits, PriceCents: *price,
+		SortOrder: *order, Active: *active}, *key)
+	if err != nil {
+		return err
+	}
+	printWrite(e, r)
+	return nil
+}
+
+func adminPackagesUpdate(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "admin packages update", "admin packages update PACKAGE_ID [--name NAME] [--credits N] [--price-cents N] [--sort-order N] [--active=true|false]")
+	name := fs.String("name", "", "new name")
+	credits := fs.Int64("credits", 0, "new credits (> 0)")
+	price := fs.Int64("price-cents", 0, "new price in euro cents (> 0)")
+	order := fs.Int("sort-order", 0, "new position in the catalogue")
+	active := fs.Bool("active", true, "on sale (--active=false takes it off sale)")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("%w: admin packages update takes PACKAGE_ID", errUsage)
+	}
+	id, err := uuid.Parse(pos[0])
+	if err != nil {
+		return fmt.Errorf("%w: PACKAGE_ID must be a UUID", errUsage)
+	}
+	var ch catalog.Changes
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "name":
+			ch.Name = name
+		case "credits":
+			ch.Credits = credits
+		case "price-cents":
+			ch.PriceCents = price
+		case "sort-order":
+			ch.SortOrder = order
+		case "active":
+			ch.Active = active
+		}
+	})
+	svc, done, err := openCatalog(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer done()
+	r, err := svc.Update(ctx, cliAdmin, id, ch)
+	if err != nil {
+		return err
+	}
+	printWrite(e, r)
+	return nil
+}
+
+// printWrite prints a write's answer: its JSON body, then the position to
+// pass to list --min-position when it recorded anything.
+func printWrite(e *env, r domain.Receipt) {
+	fmt.Fprintf(e.stdout, "%s\n", r.Body)
+	if r.Position != "" {
+		fmt.Fprintf(e.stdout, "position: %s\n", r.Position)
+	}
 }

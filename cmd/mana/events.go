@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/manacore/mana/eventstore"
 	"github.com/manacore/mana/internal/pg"
 )
@@ -83,8 +85,15 @@ func eventsExport(ctx context.Context, e *env, args []string, follow bool) error
 	if err != nil {
 		return err
 	}
+	var before *startSnapshot
 	if follow && *from == "" {
 		if after, err = store.FeedHead(ctx); err != nil {
+			return err
+		}
+		// The head is only what the feed shows: events committed before
+		// now may still sit above it, behind a transaction in flight
+		// anywhere in the cluster. Skip those too.
+		if before, err = currentSnapshot(ctx, pool); err != nil {
 			return err
 		}
 	}
@@ -125,6 +134,9 @@ func eventsExport(ctx context.Context, e *env, args []string, follow bool) error
 				return w.flush()
 			}
 			after = r.Cursor
+			if before != nil && before.committed(r.TxID) {
+				continue
+			}
 			if len(keep) > 0 && !keep[r.EventType] || *streamType != "" && r.StreamType != *streamType {
 				continue
 			}
@@ -160,6 +172,48 @@ func eventsExport(ctx context.Context, e *env, args []string, follow bool) error
 			}
 		}
 	}
+}
+
+// startSnapshot tells which transactions had committed when a tail
+// started: those below xmin, and those below xmax not in flight then.
+type startSnapshot struct {
+	xmin, xmax uint64
+	inFlight   map[uint64]bool
+}
+
+func (s *startSnapshot) committed(txID uint64) bool {
+	return txID < s.xmin || txID < s.xmax && !s.inFlight[txID]
+}
+
+// currentSnapshot reads pg_current_snapshot(), "xmin:xmax:xip,...".
+func currentSnapshot(ctx context.Context, pool *pgxpool.Pool) (*startSnapshot, error) {
+	var text string
+	if err := pool.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&text); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	parts := strings.Split(text, ":")
+	if len(parts) != 3 {
+		return nil, fmt.Errorf("snapshot %q: unexpected form", text)
+	}
+	s := &startSnapshot{inFlight: map[uint64]bool{}}
+	var err error
+	if s.xmin, err = strconv.ParseUint(parts[0], 10, 64); err != nil {
+		return nil, fmt.Errorf("snapshot %q: %w", text, err)
+	}
+	if s.xmax, err = strconv.ParseUint(parts[1], 10, 64); err != nil {
+		return nil, fmt.Errorf("snapshot %q: %w", text, err)
+	}
+	for _, x := range strings.Split(parts[2], ",") {
+		if x == "" {
+			continue
+		}
+		id, err := strconv.ParseUint(x, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %q: %w", text, err)
+		}
+		s.inFlight[id] = true
+	}
+	return s, nil
 }
 
 // lineWriter writes events as NDJSON or CSV rows with the same fields.

@@ -23,7 +23,17 @@ const commandTimeout = 2 * time.Minute
 // envOf returns a getenv over vars; every other variable is unset, so tests
 // never see the developer's environment.
 func envOf(vars map[string]string) func(string) string {
-	return func(name string) string { return vars[name] }
+	return func(name string) string {
+		if v, ok := vars[name]; ok {
+			return v
+		}
+		// Many servers run at once in these tests and the shared
+		// PostgreSQL allows 100 connections: keep each pool small.
+		if name == "DATABASE_MAX_CONNS" {
+			return "6"
+		}
+		return ""
+	}
 }
 
 // result is what one call of run produced.

@@ -130,6 +130,16 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		srv.SetCredits(cs, idsvc)
+		ps, err := newPurchases(e, cs)
+		if err != nil {
+			return err
+		}
+		srv.SetPurchases(ps, idsvc)
+		cat, err := newCatalog(e, store, runner)
+		if err != nil {
+			return err
+		}
+		srv.SetCatalog(catalogAPI{cat}, idsvc)
 	}
 	if run.workers {
 		cs, err := newCredits(e, store, nil)
