@@ -12,10 +12,12 @@ STRIPE_MOCK_VERSION := v0.203.0
 STRIPE_MOCK := $(BIN)/stripe-mock
 STRIPE_MOCK_STAMP := $(BIN)/.stripe-mock-$(STRIPE_MOCK_VERSION)
 # Debian packages the tests need, by the command that proves each is there.
-DEB_CMDS := psql:postgresql-client /usr/lib/postgresql/15/bin/initdb:postgresql-15 pgbench:postgresql-contrib
+# pgbouncer (1.18 on Debian 12) is in /usr/sbin, often not on a user's PATH;
+# the PgBouncer tests start their own (internal/pgtest/pgbouncer.go).
+DEB_CMDS := psql:postgresql-client /usr/lib/postgresql/15/bin/initdb:postgresql-15 pgbench:postgresql-contrib /usr/sbin/pgbouncer:pgbouncer redis-server:redis-server
 TEST_TIMEOUT ?= 15m
 
-.PHONY: FORCE all run build deps test test-race verify generate fmt vet bench clean
+.PHONY: FORCE all run build deps test test-race compose-check verify generate fmt vet bench clean
 
 all: build
 
@@ -51,9 +53,21 @@ $(STRIPE_MOCK_STAMP): $(if $(wildcard $(STRIPE_MOCK)),,FORCE)
 FORCE:
 
 ## test: every test against real PostgreSQL (started if needed); never skips
-test: deps
+test: deps compose-check
 	bash .ci/services.sh
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+## compose-check: validate deploy/compose.yaml when Docker Compose is installed
+compose-check:
+	@if docker compose version >/dev/null 2>&1; then \
+	  echo "docker compose -f deploy/compose.yaml config -q"; \
+	  docker compose -f deploy/compose.yaml config -q; \
+	elif command -v docker-compose >/dev/null 2>&1; then \
+	  echo "docker-compose -f deploy/compose.yaml config -q"; \
+	  docker-compose -f deploy/compose.yaml config -q; \
+	else \
+	  echo "compose-check: Docker Compose is not installed; deploy/compose.yaml was not validated"; \
+	fi
 
 ## test-race: the tests under the race detector
 test-race: deps

@@ -30,6 +30,29 @@ if ! pg_ready; then
 fi
 echo "services: PostgreSQL ok"
 
+# Redis for the rate-limit tests: TEST_REDIS_URL when set, otherwise the
+# local one on 127.0.0.1:6379, started here (as root, no persistence) when
+# it does not answer.
+redis_ready() {
+  if [ -n "${TEST_REDIS_URL:-}" ]; then
+    [ "$(redis-cli -u "$TEST_REDIS_URL" ping 2>/dev/null)" = PONG ]
+  else
+    [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]
+  fi
+}
+if ! redis_ready; then
+  if [ -z "${TEST_REDIS_URL:-}" ] && [ "$(id -u)" = 0 ] && command -v redis-server >/dev/null; then
+    echo "services: starting Redis on 127.0.0.1:6379"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null || true
+    for _ in $(seq 1 50); do redis_ready && break; sleep 0.2; done
+  fi
+fi
+if ! redis_ready; then
+  echo "services: Redis is not reachable (TEST_REDIS_URL=${TEST_REDIS_URL:-unset}, else 127.0.0.1:6379); tests need it (make deps installs redis-server)" >&2
+  exit 1
+fi
+echo "services: Redis ok"
+
 # stripe-mock (Stripe's API from its fixtures) for the payment tests: they
 # start their own on a free loopback port, or use STRIPE_MOCK_URL when it is
 # set. `make deps` installs the pinned binary.

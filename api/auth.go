@@ -10,6 +10,7 @@ import (
 	"github.com/labstack/echo/v5"
 
 	"github.com/manacore/mana/domain"
+	"github.com/manacore/mana/internal/ratelimit"
 )
 
 // principalKey is where the bearer guard leaves the authenticated caller.
@@ -20,9 +21,10 @@ const principalKey = "mana.principal"
 func (s *Server) authRoutes(id domain.Identity) {
 	h := &authHandlers{id: id}
 	g := s.api.Group("/auth")
-	g.POST("/register", h.register)
-	g.POST("/login", h.login)
-	g.POST("/refresh", h.refresh)
+	// Per-IP limits come first, before the body is read (SPEC §7).
+	g.POST("/register", h.register, s.limitByIP(ratelimit.RegisterIP))
+	g.POST("/login", h.login, s.limitByIP(ratelimit.LoginIP))
+	g.POST("/refresh", h.refresh, s.limitByIP(ratelimit.RefreshIP))
 	g.POST("/validate", h.validate)
 	g.GET("/jwks", h.jwks)
 	bearer := s.Bearer(id)
@@ -111,8 +113,14 @@ func (h *authHandlers) login(c *echo.Context) error {
 	if err := Bind(c, &req); err != nil {
 		return err
 	}
+	// The per-account limit, like the per-IP one, comes before the lock
+	// check and the password (SPEC §7).
+	if err := serverFrom(c).limitAccount(c, ratelimit.LoginAccount, req.Email); err != nil {
+		return err
+	}
 	pair, w, err := h.id.Login(c.Request().Context(), domain.LoginInput{Email: req.Email, Password: req.Password,
 		DeviceID: req.DeviceID, DeviceName: req.DeviceName}, requestMeta(c))
+	serverFrom(c).countLogin(err)
 	if err != nil {
 		return err
 	}

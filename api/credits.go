@@ -10,6 +10,7 @@ import (
 	"github.com/labstack/echo/v5"
 
 	"github.com/manacore/mana/domain"
+	"github.com/manacore/mana/internal/ratelimit"
 )
 
 // callerKey is where the service-key guard leaves the calling app.
@@ -22,27 +23,30 @@ const callerKey = "mana.caller"
 func (s *Server) SetCredits(cs domain.CreditsService, id domain.Identity) {
 	h := &creditHandlers{cs: cs}
 	bearer := s.Bearer(id)
+	// Credit writes are rate limited per user (the principal, admins
+	// included) and per app, after authentication (SPEC §7).
+	userWrites, appWrites := s.limitByUser(ratelimit.CreditsUser), s.limitByApp(ratelimit.CreditsApp)
 	g := s.api.Group("/credits", bearer)
 	g.GET("/balance", h.balance)
-	g.POST("/use", h.use)
+	g.POST("/use", h.use, userWrites)
 	g.GET("/transactions", h.transactions)
 	g.GET("/usage", h.usage)
-	g.POST("/holds", h.placeHold)
-	g.POST("/holds/:id/capture", h.captureHold)
-	g.POST("/holds/:id/release", h.releaseHold)
+	g.POST("/holds", h.placeHold, userWrites)
+	g.POST("/holds/:id/capture", h.captureHold, userWrites)
+	g.POST("/holds/:id/release", h.releaseHold, userWrites)
 
 	in := s.api.Group("/internal/credits", h.serviceKey)
 	in.GET("/balance/:userId", h.appBalance)
-	in.POST("/use", h.appUse)
-	in.POST("/refund", h.appRefund)
-	in.POST("/holds", h.appPlaceHold)
-	in.POST("/holds/:id/capture", h.appCaptureHold)
-	in.POST("/holds/:id/release", h.appReleaseHold)
+	in.POST("/use", h.appUse, appWrites)
+	in.POST("/refund", h.appRefund, appWrites)
+	in.POST("/holds", h.appPlaceHold, appWrites)
+	in.POST("/holds/:id/capture", h.appCaptureHold, appWrites)
+	in.POST("/holds/:id/release", h.appReleaseHold, appWrites)
 
 	adm := s.api.Group("/admin", bearer, requireAdmin)
-	adm.POST("/credits/grant", h.adminGrant)
-	adm.POST("/credits/adjust", h.adminAdjust)
-	adm.POST("/credits/refund", h.adminRefund)
+	adm.POST("/credits/grant", h.adminGrant, userWrites)
+	adm.POST("/credits/adjust", h.adminAdjust, userWrites)
+	adm.POST("/credits/refund", h.adminRefund, userWrites)
 	adm.GET("/accounts/:userId/balance", h.adminBalance)
 	adm.GET("/users", func(c *echo.Context) error {
 		email := c.QueryParam("email")
@@ -139,6 +143,7 @@ func (h *creditHandlers) use(c *echo.Context) error {
 	if err != nil {
 		return err
 	}
+	countSpend(c, r)
 	return WriteReceipt(c, r)
 }
 
@@ -267,6 +272,7 @@ func (h *creditHandlers) captureHold(c *echo.Context) error {
 	if err != nil {
 		return err
 	}
+	countSpend(c, r)
 	return WriteReceipt(c, r)
 }
 
@@ -338,6 +344,7 @@ func (h *creditHandlers) appUse(c *echo.Context) error {
 	if err != nil {
 		return err
 	}
+	countSpend(c, r)
 	return WriteReceipt(c, r)
 }
 
@@ -390,6 +397,7 @@ func (h *creditHandlers) appCaptureHold(c *echo.Context) error {
 	if err != nil {
 		return err
 	}
+	countSpend(c, r)
 	return WriteReceipt(c, r)
 }
 

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -124,6 +125,14 @@ func classify(err error) problem {
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		return fromCode(domain.CodePayloadTooLarge)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// The request's own timeout (Config.RequestTimeout) expired while a
+		// dependency was slow: the client may retry; operators learn of
+		// it from the log line.
+		p := fromCode(domain.CodeUnavailable)
+		p.retryAfter, p.unexpected = 1, true
+		return p
 	}
 	if sc := echo.StatusCode(err); sc != 0 {
 		switch sc {

@@ -7,9 +7,11 @@ import (
 	"go/parser"
 	"go/token"
 	"net/http"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -74,14 +76,32 @@ var echoParam = regexp.MustCompile(`:([A-Za-z0-9_]+)`)
 func TestOpenAPICoversEveryRoute(t *testing.T) {
 	t.Parallel()
 	doc := loadDoc(t)
-	// An Identity, a CreditsService, a Catalog and a Purchases that are
-	// never called: they only make the server register the auth, credit,
-	// package and purchase routes, which are documented too.
+	// Ports that are never called: they only make the server register the
+	// routes of every Set* method, which are documented too. A new Set*
+	// method fails the test until it is called here (or listed as
+	// registering no routes).
 	id := struct{ domain.Identity }{}
-	s, _ := newServer(t, api.Config{Identity: id})
-	s.SetCredits(struct{ domain.CreditsService }{}, id)
-	s.SetCatalog(struct{ api.Catalog }{}, id)
-	s.SetPurchases(struct{ domain.Purchases }{}, id)
+	s, _ := newServer(t, api.Config{})
+	registrars := map[string]func(){
+		"SetIdentity":  func() { s.SetIdentity(id) },
+		"SetCredits":   func() { s.SetCredits(struct{ domain.CreditsService }{}, id) },
+		"SetCatalog":   func() { s.SetCatalog(struct{ api.Catalog }{}, id) },
+		"SetPurchases": func() { s.SetPurchases(struct{ domain.Purchases }{}, id) },
+		"SetLedger":    func() { s.SetLedger(struct{ domain.Checkpoints }{}, id) },
+		"SetEvents":    func() { s.SetEvents(struct{ api.EventLog }{}, id) },
+	}
+	// Server methods named Set* that register no routes.
+	notRegistrars := map[string]bool{"SetReady": true, "SetRateLimits": true}
+	st := reflect.TypeOf(s)
+	for i := range st.NumMethod() {
+		name := st.Method(i).Name
+		if strings.HasPrefix(name, "Set") && registrars[name] == nil && !notRegistrars[name] {
+			t.Errorf("(*api.Server).%s is new: call it here if it registers routes, or list it in notRegistrars", name)
+		}
+	}
+	for _, register := range registrars {
+		register()
+	}
 
 	served := map[string]bool{}
 	for _, r := range s.Echo().Router().Routes() {

@@ -24,6 +24,10 @@ import (
 // DefaultBodyLimit is the request body limit when Config.BodyLimit is zero.
 const DefaultBodyLimit int64 = 1 << 20
 
+// DefaultRequestTimeout bounds a request's context when
+// Config.RequestTimeout is zero.
+const DefaultRequestTimeout = 30 * time.Second
+
 // Config configures New. The zero value is usable: every field has a default.
 type Config struct {
 	// BodyLimit is the largest request body accepted, in bytes; larger
@@ -47,6 +51,22 @@ type Config struct {
 	Clock domain.Clock
 	// Identity serves the auth endpoints; nil leaves them out.
 	Identity domain.Identity
+	// CORSOrigins is the CORS allow-list (CORS_ORIGINS): origins such as
+	// "https://app.example.com" whose pages may call the API with
+	// credentials. Empty allows no cross-origin caller. New panics on an
+	// entry ValidateCORSOrigins refuses.
+	CORSOrigins []string
+	// RequestTimeout bounds the context of every request, so a handler
+	// stuck on a dependency gives up (503 UNAVAILABLE) instead of holding
+	// its connection and database session. Zero means
+	// DefaultRequestTimeout; negative means no bound.
+	RequestTimeout time.Duration
+	// KnownApp reports whether app is a registered app id, one whose
+	// spends mana_credits_spent_total labels by name; others are counted as
+	// "other". It is called on every spend made with a user's token (an app
+	// using its service key is registered by definition), so it must be
+	// cheap, typically a cached set. Nil counts all of those as "other".
+	KnownApp func(ctx context.Context, app string) bool
 }
 
 // Server is the HTTP edge: an Echo instance with Mana Core's middleware, error
@@ -62,16 +82,26 @@ type Server struct {
 	version  string
 	clock    domain.Clock
 	metrics  *httpMetrics
+	edge     *edgeMetrics
 	ready    atomic.Bool
 	identity domain.Identity
+	knownApp func(ctx context.Context, app string) bool
+	rate     atomic.Pointer[rateLimiting] // nil: no rate limits (see SetRateLimits)
 }
 
 // New builds a Server from cfg, applying the defaults documented on Config.
 // The server starts ready. It panics only when cfg.Registry already holds a
-// collector that clashes with the HTTP metrics.
+// collector that clashes with the HTTP metrics, or cfg.CORSOrigins holds an
+// invalid origin.
 func New(cfg Config) *Server {
 	if cfg.BodyLimit <= 0 {
 		cfg.BodyLimit = DefaultBodyLimit
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if err := ValidateCORSOrigins(cfg.CORSOrigins); err != nil {
+		panic("api: CORSOrigins: " + err.Error())
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -94,9 +124,11 @@ func New(cfg Config) *Server {
 		version:  cfg.Version,
 		clock:    cfg.Clock,
 		identity: cfg.Identity,
+		knownApp: cfg.KnownApp,
 	}
 	s.ready.Store(true)
 	s.metrics = newHTTPMetrics(cfg.Registry, cfg.Version)
+	s.edge = newEdgeMetrics(cfg.Registry)
 
 	s.echo = echo.NewWithConfig(echo.Config{
 		Logger:           cfg.Logger,
@@ -108,10 +140,19 @@ func New(cfg Config) *Server {
 	// Order matters: the request id exists before anything logs; headers are
 	// set before anything writes; observe sees the final status because it
 	// runs the error handler itself; recover sits inside observe so a panic
-	// is answered, logged and counted like any other error; the body limit
-	// comes last so its 413 takes the same path, and so a route's own
-	// BodyLimit finds the server-wide limiter already in place.
-	s.echo.Use(s.requestID, securityHeaders, s.observe, recoverPanics, BodyLimit(cfg.BodyLimit))
+	// is answered, logged and counted like any other error; CORS sets its
+	// headers before anything can fail, so a page may read error answers
+	// too, and answers preflights itself; the body limit comes last so its
+	// 413 takes the same path, and so a route's own BodyLimit finds the
+	// server-wide limiter already in place.
+	chain := []echo.MiddlewareFunc{s.requestID, securityHeaders, s.observe, recoverPanics}
+	if mw := cors(cfg.CORSOrigins); mw != nil {
+		chain = append(chain, mw)
+	}
+	if cfg.RequestTimeout > 0 {
+		chain = append(chain, requestTimeout(cfg.RequestTimeout))
+	}
+	s.echo.Use(append(chain, BodyLimit(cfg.BodyLimit))...)
 	s.api = s.echo.Group("/api/v1")
 	s.routes()
 	return s
@@ -228,6 +269,19 @@ func validRequestID(id string) bool {
 	return true
 }
 
+// Content Security Policies (SPEC §7). Every response carries
+// APIContentSecurityPolicy: JSON needs no sources at all, and a document
+// that a browser might still render (an error page, an injected payload)
+// can load nothing, run nothing and be framed by no one. An HTML response
+// gets HTMLContentSecurityPolicy instead, with an explicit script-src that
+// allows only the service's own scripts (no inline script, no eval); a
+// handler that needs another policy sets Content-Security-Policy itself.
+const (
+	APIContentSecurityPolicy  = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+	HTMLContentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+		"font-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
 // securityHeaders sets the headers every response carries. They are set
 // before the handler runs, so error responses get them too.
 func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
@@ -236,6 +290,16 @@ func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 		h.Set(echo.HeaderXContentTypeOptions, "nosniff")
 		h.Set(echo.HeaderXFrameOptions, "DENY")
 		h.Set(echo.HeaderReferrerPolicy, "no-referrer")
+		h.Set(echo.HeaderContentSecurityPolicy, APIContentSecurityPolicy)
+		if r, err := echo.UnwrapResponse(c.Response()); err == nil {
+			// Just before the status line, when the content type is known.
+			r.Before(func() {
+				if strings.HasPrefix(h.Get(echo.HeaderContentType), "text/html") &&
+					h.Get(echo.HeaderContentSecurityPolicy) == APIContentSecurityPolicy {
+					h.Set(echo.HeaderContentSecurityPolicy, HTMLContentSecurityPolicy)
+				}
+			})
+		}
 		if c.Scheme() == "https" {
 			h.Set(echo.HeaderStrictTransportSecurity, "max-age=63072000; includeSubDomains")
 		}
@@ -245,6 +309,23 @@ func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 			h.Set(echo.HeaderCacheControl, "no-store")
 		}
 		return next(c)
+	}
+}
+
+// requestTimeout bounds each request's context by d. Database queries and
+// other calls that honour the context give up when it expires; the error
+// handler answers what they return as 503 UNAVAILABLE (see classify). The
+// http.Server's own timeouts bound reading the request and writing the
+// response.
+func requestTimeout(d time.Duration) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c *echo.Context) error {
+			req := c.Request()
+			ctx, cancel := context.WithTimeout(req.Context(), d)
+			defer cancel()
+			c.SetRequest(req.WithContext(ctx))
+			return next(c)
+		}
 	}
 }
 

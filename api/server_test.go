@@ -265,19 +265,25 @@ func TestSecurityHeadersOnEveryResponse(t *testing.T) {
 		noStore bool
 	}{
 		{"/health/live", false},
+		{"/health", false},
+		{"/metrics", false},
 		{"/nope", false},
 		{"/api/v1/openapi.json", true},
 		{"/api/v1/nope", true},
 	} {
 		r := c.Do(http.MethodGet, tt.path, nil)
 		for k, want := range map[string]string{
-			"X-Content-Type-Options": "nosniff",
-			"X-Frame-Options":        "DENY",
-			"Referrer-Policy":        "no-referrer",
+			"X-Content-Type-Options":  "nosniff",
+			"X-Frame-Options":         "DENY",
+			"Referrer-Policy":         "no-referrer",
+			"Content-Security-Policy": api.APIContentSecurityPolicy,
 		} {
 			if got := r.Header.Get(k); got != want {
 				t.Errorf("%s (%d): %s = %q, want %q", tt.path, r.Status, k, got, want)
 			}
+		}
+		if r.Header.Get("X-Request-Id") == "" {
+			t.Errorf("%s: no X-Request-Id", tt.path)
 		}
 		if got := r.Header.Get("Cache-Control") == "no-store"; got != tt.noStore {
 			t.Errorf("%s: Cache-Control %q, want no-store: %v", tt.path, r.Header.Get("Cache-Control"), tt.noStore)

@@ -52,7 +52,7 @@ var samples = []domain.Event{
 	&domain.CreditHoldExpired{HoldID: hid, UserID: uid, AppID: "chat", Returned: domain.Split{Free: 8, Paid: 2},
 		Postings: []domain.Posting{{Account: "user:" + uid.String() + ":held", Amount: -10}, {Account: "user:" + uid.String() + ":free", Amount: 8}, {Account: "user:" + uid.String() + ":paid", Amount: 2}}},
 	&domain.PackageUpdated{PackageID: pid, Name: ptr("Starter+"), PriceCents: ptr(int64(120)), Active: ptr(false)},
-	&domain.PurchaseCreated{PurchaseID: purid, UserID: uid, PackageID: pid, Credits: 500, AmountCents: 500, Currency: "eur", Kind: "payment_intent", ProviderID: "pi_123"},
+	&domain.PurchaseCreated{PurchaseID: purid, UserID: uid, PackageID: pid, Credits: 500, AmountCents: 500, Currency: "eur", Kind: "payment_intent", Provider: "stripe", ProviderID: "pi_123"},
 	&domain.PurchaseCompleted{PurchaseID: purid, UserID: uid, StripeEventID: "evt_1"},
 	&domain.PurchaseFailed{PurchaseID: purid, UserID: uid, StripeEventID: "evt_2", Reason: "card_declined"},
 	&domain.PurchasePaymentRejected{PurchaseID: purid, UserID: uid, StripeEventID: "evt_3", Reason: "amount_mismatch", AmountCents: 1, Currency: "eur"},

@@ -32,8 +32,15 @@ type PackageUpdated struct {
 	Active     *bool     `json:"active,omitempty"`
 }
 
+// PaymentProviderStripe is the payment provider of every purchase so far.
+const PaymentProviderStripe = "stripe"
+
 // PurchaseCreated records a checkout started for a package: a Stripe
 // PaymentIntent (Kind "payment_intent") or Checkout Session ("checkout").
+//
+// Version 2 added Provider, the payment provider ProviderID belongs to.
+// Version 1 had no such field; every v1 purchase was a Stripe one, so the
+// v1 → v2 upcaster (eventstore/upcasters.go) sets "stripe".
 type PurchaseCreated struct {
 	PurchaseID  uuid.UUID `json:"purchaseId"`
 	UserID      uuid.UUID `json:"userId"`
@@ -42,7 +49,10 @@ type PurchaseCreated struct {
 	AmountCents int64     `json:"amountCents"`
 	Currency    string    `json:"currency"`
 	Kind        string    `json:"kind"`
-	// ProviderID is the PaymentIntent or Checkout Session id.
+	// Provider is the payment provider: PaymentProviderStripe.
+	Provider string `json:"provider"`
+	// ProviderID is the provider's id of the payment: the PaymentIntent or
+	// Checkout Session id.
 	ProviderID string `json:"providerId"`
 }
 
@@ -109,7 +119,7 @@ func (CreditPurchased) EventType() string { return "credit.purchased" }
 func (PackageUpdated) SchemaVersion() int { return 1 }
 
 // SchemaVersion implements Event.
-func (PurchaseCreated) SchemaVersion() int { return 1 }
+func (PurchaseCreated) SchemaVersion() int { return 2 }
 
 // SchemaVersion implements Event.
 func (PurchaseCompleted) SchemaVersion() int { return 1 }

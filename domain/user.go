@@ -50,14 +50,18 @@ func init() {
 	register(func() Event { return &UserErased{} })
 }
 
-// Roles a user can have.
+// Roles a user can have. An auditor reads the event log (GET
+// /api/v1/events) and nothing else beyond a user's own endpoints.
 const (
-	RoleUser  = "user"
-	RoleAdmin = "admin"
+	RoleUser    = "user"
+	RoleAdmin   = "admin"
+	RoleAuditor = "auditor"
 )
 
 // ValidRole reports whether role is one the service knows.
-func ValidRole(role string) bool { return role == RoleUser || role == RoleAdmin }
+func ValidRole(role string) bool {
+	return role == RoleUser || role == RoleAdmin || role == RoleAuditor
+}
 
 // UserLoginSucceeded records a successful password login that started a
 // session.

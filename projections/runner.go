@@ -156,6 +156,10 @@ func NewRunner(cfg Config) (*Runner, error) {
 			log: r.log.With("projection", name), watch: newWatch()}
 		r.projectors = append(r.projectors, pr)
 		r.byName[name] = pr
+		// The counters exist at zero from the start, so that an alert on
+		// increase() fires on a projection's first failure too.
+		r.metrics.failures.WithLabelValues(name)
+		r.metrics.applied.WithLabelValues(name)
 	}
 	return r, nil
 }

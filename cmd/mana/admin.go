@@ -19,7 +19,7 @@ import (
 )
 
 func cmdAdmin(ctx context.Context, e *env, args []string) error {
-	const help = "Usage: mana admin set-role EMAIL ROLE | service-key create APP [--max-per-user-per-day N] | service-key revoke KEY_ID | grant|adjust USER_ID AMOUNT --reason R | refund USER_ID TRANSACTION_ID AMOUNT --reason R | packages list|create|update ...\n\n  set-role     give a user the role user or admin; revokes the user's sessions\n  service-key  create or revoke an app's service key (the secret is shown once)\n  grant        add credits (--bucket free|paid)\n  adjust       correct a balance by a signed amount\n  refund       give back part or all of a spend or capture\n  packages     list, create or update the credit packages on sale\n"
+	const help = "Usage: mana admin set-role EMAIL ROLE | service-key create APP [--max-per-user-per-day N] | service-key revoke KEY_ID | grant|adjust USER_ID AMOUNT --reason R | refund USER_ID TRANSACTION_ID AMOUNT --reason R | packages list|create|update ...\n\n  set-role     give a user the role user, admin or auditor; revokes the user's sessions\n  service-key  create or revoke an app's service key (the secret is shown once)\n  grant        add credits (--bucket free|paid)\n  adjust       correct a balance by a signed amount\n  refund       give back part or all of a spend or capture\n  packages     list, create or update the credit packages on sale\n"
 	if len(args) == 0 || args[0] == "--help" || args[0] == "-h" {
 		fmt.Fprint(e.stdout, help)
 		if len(args) == 0 {
@@ -41,7 +41,7 @@ func cmdAdmin(ctx context.Context, e *env, args []string) error {
 }
 
 func adminSetRole(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "admin set-role", "admin set-role EMAIL ROLE\n\nSets the role (user or admin) and revokes every session of the user, so no token carries the old role.")
+	fs := newFlags(e, "admin set-role", "admin set-role EMAIL ROLE\n\nSets the role (user, admin or auditor) and revokes every session of the user, so no token carries the old role.")
 	if err := fs.Parse(args); err != nil {
 		return parseFlags(fs, args)
 	}
@@ -50,7 +50,7 @@ func adminSetRole(ctx context.Context, e *env, args []string) error {
 	}
 	email, role := fs.Arg(0), fs.Arg(1)
 	if !domain.ValidRole(role) {
-		return fmt.Errorf("%w: ROLE must be user or admin", errUsage)
+		return fmt.Errorf("%w: ROLE must be user, admin or auditor", errUsage)
 	}
 	pool, err := pg.Open(ctx, e.cfg.DatabaseURL, 4)
 	if err != nil {

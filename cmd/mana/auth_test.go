@@ -49,14 +49,17 @@ type authServer struct {
 }
 
 // startAuthServer runs serve with cheap argon2 parameters plus extra, waits
-// until it listens and stops it when the test ends.
+// until it listens and stops it when the test ends. Without a DATABASE_URL
+// in extra it serves a clone of the migrated template (pgtest.NewDB).
 func startAuthServer(t *testing.T, extra map[string]string) *authServer {
 	t.Helper()
 	vars := map[string]string{
-		"DATABASE_URL":      pgtest.NewDB(t),
 		"DATA_DIR":          t.TempDir(),
 		"ARGON2_MEMORY_KIB": "1024",
 		"ARGON2_TIME":       "1",
+	}
+	if _, ok := extra["DATABASE_URL"]; !ok {
+		vars["DATABASE_URL"] = pgtest.NewDB(t)
 	}
 	for k, v := range extra {
 		vars[k] = v
@@ -262,8 +265,12 @@ func cloneClaims(m map[string]any) map[string]any {
 // log holds none of the emails, passwords or tokens used.
 func TestAuthOverHTTP(t *testing.T) {
 	t.Parallel()
-	s := startAuthServer(t, nil)
+	testAuthSuite(t, startAuthServer(t, nil))
+}
 
+// testAuthSuite runs every auth flow on s in parallel, then checks the
+// event log for secrets. TestAuthThroughPgBouncer runs it too.
+func testAuthSuite(t *testing.T, s *authServer) {
 	t.Run("flows", func(t *testing.T) {
 		t.Run("register", func(t *testing.T) { t.Parallel(); testRegister(t, s) })
 		t.Run("login", func(t *testing.T) { t.Parallel(); testLogin(t, s) })

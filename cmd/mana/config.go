@@ -13,6 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/manacore/mana/api"
+	"github.com/manacore/mana/internal/ratelimit"
 )
 
 // Config is the service's configuration, parsed once from the environment
@@ -145,8 +148,11 @@ func (c *Config) Validate() error {
 			return &configError{"MANA_ENV", "production requires " + strings.Join(missing, ", ")}
 		}
 	}
-	if c.RateLimits != "" && c.RateLimits != "off" && !strings.HasPrefix(strings.TrimSpace(c.RateLimits), "{") {
-		return &configError{"RATE_LIMITS", `want a JSON object or "off"`}
+	if err := api.ValidateCORSOrigins(c.CORSOrigins); err != nil {
+		return &configError{"CORS_ORIGINS", err.Error()}
+	}
+	if _, err := ratelimit.Parse(c.RateLimits); err != nil {
+		return &configError{"RATE_LIMITS", err.Error()}
 	}
 	if c.DataDir == "" {
 		return &configError{"DATA_DIR", "must not be empty"}

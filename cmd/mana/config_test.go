@@ -161,6 +161,9 @@ func TestConfigInvalidStopsRun(t *testing.T) {
 		{"RATE_LIMITS", "lots"},
 		{"DATABASE_MAX_CONNS", "1"},
 		{"JETSTREAM_MAX_AGE", "forever"},
+		{"CORS_ORIGINS", "*"},
+		{"CORS_ORIGINS", "https://app.example.com,app.example.com"},
+		{"CORS_ORIGINS", "https://app.example.com/path"},
 	} {
 		t.Run(tc.name+"="+tc.value, func(t *testing.T) {
 			t.Parallel()

@@ -92,15 +92,17 @@ type usageRow struct {
 var fresh = creditBalance{Balance: 150, FreeCreditsRemaining: 150, TotalEarned: 150, DailyFreeCredits: 5}
 
 // startServe runs `mana serve --port 0` plus args with cheap argon2
-// parameters plus extra on a cloned database, waits until it listens and
-// stops it when the test ends.
+// parameters plus extra on a cloned database (unless extra names a
+// DATABASE_URL), waits until it listens and stops it when the test ends.
 func startServe(t *testing.T, extra map[string]string, args ...string) *authServer {
 	t.Helper()
 	vars := map[string]string{
-		"DATABASE_URL":      pgtest.NewDB(t),
 		"DATA_DIR":          t.TempDir(),
 		"ARGON2_MEMORY_KIB": "1024",
 		"ARGON2_TIME":       "1",
+	}
+	if _, ok := extra["DATABASE_URL"]; !ok {
+		vars["DATABASE_URL"] = pgtest.NewDB(t)
 	}
 	for k, v := range extra {
 		vars[k] = v
@@ -235,7 +237,12 @@ func transactions(t *testing.T, s *authServer, u creditUser, query string) []cre
 // TestCreditsOverHTTP drives every credit endpoint of one real server.
 func TestCreditsOverHTTP(t *testing.T) {
 	t.Parallel()
-	s := startServe(t, nil)
+	testCreditSuite(t, startServe(t, nil))
+}
+
+// testCreditSuite runs every credit test on s in parallel.
+// TestCreditsThroughPgBouncer runs it too.
+func testCreditSuite(t *testing.T, s *authServer) {
 	t.Run("balance and use", func(t *testing.T) { t.Parallel(); testCreditBalanceAndUse(t, s) })
 	t.Run("idempotency", func(t *testing.T) { t.Parallel(); testCreditIdempotency(t, s) })
 	t.Run("validation", func(t *testing.T) { t.Parallel(); testCreditValidation(t, s) })

@@ -21,7 +21,8 @@ import (
 const commandTimeout = 2 * time.Minute
 
 // envOf returns a getenv over vars; every other variable is unset, so tests
-// never see the developer's environment.
+// never see the developer's environment, except for the test defaults of
+// DATABASE_MAX_CONNS and RATE_LIMITS below.
 func envOf(vars map[string]string) func(string) string {
 	return func(name string) string {
 		if v, ok := vars[name]; ok {
@@ -31,6 +32,12 @@ func envOf(vars map[string]string) func(string) string {
 		// PostgreSQL allows 100 connections: keep each pool small.
 		if name == "DATABASE_MAX_CONNS" {
 			return "6"
+		}
+		// Tests send many requests from 127.0.0.1 (register and login
+		// loops, hundreds of concurrent spends): rate limits are off
+		// unless a test sets RATE_LIMITS ("" for the defaults).
+		if name == "RATE_LIMITS" {
+			return "off"
 		}
 		return ""
 	}

@@ -10,7 +10,7 @@ import (
 
 func cmdLedger(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 || args[0] == "--help" || args[0] == "-h" {
-		fmt.Fprint(e.stdout, "Usage: mana ledger verify\n\n  verify  recompute every stream's hash chain; exit 1 with the first bad cursor\n")
+		fmt.Fprint(e.stdout, "Usage: mana ledger verify [--checkpoint ID|latest] | checkpoint | check-proof --proof FILE --keys FILE\n\n  verify       check hash chains, postings and balances; exit 1 with the first bad cursor;\n               --checkpoint also proves the log up to a signed checkpoint was not rewritten\n  checkpoint   sign a Merkle checkpoint of the log up to the safe cursor, store, announce and print it\n  check-proof  verify an inclusion proof from GET /api/v1/ledger/proof/:eventId offline\n")
 		if len(args) == 0 {
 			return fmt.Errorf("%w: missing subcommand", errUsage)
 		}
@@ -19,14 +19,27 @@ func cmdLedger(ctx context.Context, e *env, args []string) error {
 	switch args[0] {
 	case "verify":
 		return ledgerVerify(ctx, e, args[1:])
+	case "checkpoint":
+		return ledgerCheckpoint(ctx, e, args[1:])
+	case "check-proof":
+		return ledgerCheckProof(ctx, e, args[1:])
 	}
 	return fmt.Errorf("%w: unknown subcommand %q", errUsage, args[0])
 }
 
 func ledgerVerify(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "ledger verify", "ledger verify\n\nRecomputes every stream's hash chain from the stored events. Exits non-zero with the first bad cursor.")
-	if err := parseFlags(fs, args); err != nil {
+	fs := newFlags(e, "ledger verify", "ledger verify [--checkpoint ID|latest]\n\nIn one read-only snapshot as mana_auditor: recomputes every stream's hash chain, checks that every credit event's postings sum to zero and the trial balance is zero, and that every balances row equals the fold of its events up to the projection's checkpoint. Prints one line per passed check; exits non-zero with the first discrepancy and its cursor.")
+	checkpoint := fs.String("checkpoint", "", "also verify this signed checkpoint: its Ed25519 signature with the stored key and its Merkle root recomputed from the log up to its cursor (an id, or latest; a bare --checkpoint means latest)")
+	if err := parseFlags(fs, optionalFlagValue(args, "checkpoint", "latest")); err != nil {
 		return err
+	}
+	checkpointID := int64(-1)
+	if *checkpoint != "" {
+		id, err := parseCheckpointFlag(*checkpoint)
+		if err != nil {
+			return err
+		}
+		checkpointID = id
 	}
 	pool, err := pg.Open(ctx, e.cfg.DatabaseURL, 4)
 	if err != nil {
@@ -38,13 +51,20 @@ func ledgerVerify(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	n, brk, err := store.VerifyChains(ctx)
+	// The three checks run in one REPEATABLE READ snapshot as mana_auditor
+	// (eventstore.VerifyLedger); each prints its line as it passes, and
+	// the first discrepancy is the one-line error.
+	_, d, err := store.VerifyLedger(ctx, eventstore.VerifyOptions{Passed: func(check string, r eventstore.LedgerReport) {
+		fmt.Fprintln(e.stdout, r.Line(check))
+	}})
 	if err != nil {
 		return err
 	}
-	if brk != nil {
-		return fmt.Errorf("hash chains: FAILED at cursor %s after %d good events: %s", brk.Cursor, n, brk.Error())
+	if d != nil {
+		return d
 	}
-	fmt.Fprintf(e.stdout, "hash chains: ok (%d events)\n", n)
+	if checkpointID >= 0 {
+		return verifyCheckpoint(ctx, e, pool, checkpointID)
+	}
 	return nil
 }

@@ -104,7 +104,7 @@ func TestMigrateConcurrentlyCreatesDatabase(t *testing.T) {
 	}
 	// The chains the racing seeders wrote hold.
 	res := runCmd(t, vars, "ledger", "verify")
-	if res.code != 0 || res.stdout != "hash chains: ok (4 events)\n" {
+	if res.code != 0 || !strings.HasPrefix(res.stdout, "hash chains: ok (4 events)\n") {
 		t.Errorf("ledger verify after concurrent migrate: %d %q %q", res.code, res.stdout, res.stderr)
 	}
 }

@@ -16,7 +16,7 @@ const usage = `mana — the Mana Core identity and credit service
 Usage:
   mana serve [--components=api,relay,projections,workers] [--port N]
   mana migrate
-  mana ledger verify
+  mana ledger verify [--checkpoint ID|latest] | checkpoint | check-proof --proof FILE --keys FILE
   mana events export [--from C] [--to C] [--types a,b] [--format ndjson|csv]
   mana events tail [--from C] [--types a,b]
   mana projections status|rebuild NAME|skip NAME CURSOR

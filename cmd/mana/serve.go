@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/manacore/mana/api"
+	"github.com/manacore/mana/internal/ledger"
 	"github.com/manacore/mana/internal/natsx"
 	"github.com/manacore/mana/internal/pg"
 	"github.com/manacore/mana/projections"
@@ -51,8 +52,13 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	defer migrator.Close()
 
 	h := &health{pool: pool, migrator: migrator}
-	srv := api.New(api.Config{BodyLimit: e.cfg.BodyLimit, Logger: e.log, Health: h, Version: version})
+	apps := newAppRegistry(pool)
+	srv := api.New(api.Config{BodyLimit: e.cfg.BodyLimit, Logger: e.log, Health: h, Version: version,
+		CORSOrigins: e.cfg.CORSOrigins, KnownApp: apps.Known})
 	reg := srv.Registry()
+	if err := registerActiveSessions(reg, pool); err != nil {
+		return err
+	}
 	store, err := openStore(e.cfg, pool, reg)
 	if err != nil {
 		return err
@@ -62,6 +68,12 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if _, err := seedPackages(ctx, store); err != nil {
+		return err
+	}
+	// Signed checkpoints: the current LEDGER_SIGNING_KEY is published at
+	// /api/v1/ledger/keys from the start, before it signs anything.
+	checkpoints := ledger.New(pool, ledger.Options{SigningKey: e.cfg.LedgerSigningKey})
+	if _, err := checkpoints.RegisterKey(ctx); err != nil {
 		return err
 	}
 
@@ -114,6 +126,12 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	h.projections = projections.All()
 
 	if run.api {
+		// Client addresses and rate limits, before any route serves.
+		releaseEdge, err := setupEdge(ctx, e, srv, store)
+		if err != nil {
+			return err
+		}
+		defer releaseEdge()
 		var runner *projections.Runner
 		if h.runner != nil {
 			runner = h.runner
@@ -140,6 +158,8 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		srv.SetCatalog(catalogAPI{cat}, idsvc)
+		srv.SetLedger(checkpoints, idsvc)
+		srv.SetEvents(eventLogAPI{store: store}, idsvc)
 	}
 	if run.workers {
 		cs, err := newCredits(e, store, nil)
@@ -152,6 +172,11 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 			defer wg.Done()
 			_ = lease.Run(bg, func(ctx context.Context) error { return cs.RunExpiry(ctx, time.Second) },
 				func(other string) { e.log.Info("hold expiry idle: lease held by another process", "holder", other) })
+		}()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			startCheckpointSigner(bg, e, store, checkpoints, nc.NC, holder, checkpointInterval)
 		}()
 	}
 

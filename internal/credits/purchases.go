@@ -126,7 +126,7 @@ func (p *Purchases) Start(ctx context.Context, user uuid.UUID, packageID uuid.UU
 	order := stripe.Order{PurchaseID: id, UserID: user, AmountCents: pkg.PriceCents, Currency: pkg.Currency, Name: pkg.Name, Credits: pkg.Credits}
 	started := domain.PurchaseStarted{PurchaseID: id, AmountCents: pkg.PriceCents, Credits: domain.Credits(pkg.Credits)}
 	created := domain.PurchaseCreated{PurchaseID: id, UserID: user, PackageID: packageID, Credits: domain.Credits(pkg.Credits),
-		AmountCents: pkg.PriceCents, Currency: pkg.Currency}
+		AmountCents: pkg.PriceCents, Currency: pkg.Currency, Provider: domain.PaymentProviderStripe}
 	if checkout {
 		s, err := p.provider.CreateCheckoutSession(ctx, order)
 		if err != nil {

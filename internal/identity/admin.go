@@ -18,7 +18,7 @@ import (
 // changed.
 func (s *Service) SetRole(ctx context.Context, email, role string, meta domain.RequestMeta) (bool, error) {
 	if !domain.ValidRole(role) {
-		return false, invalid("role", "must be user or admin")
+		return false, invalid("role", "must be user, admin or auditor")
 	}
 	email, err := validateEmail(email)
 	if err != nil {

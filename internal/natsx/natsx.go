@@ -29,6 +29,12 @@ const SubjectPrefix = "mana.events."
 // announced on, besides their events.
 const RevocationSubject = "mana.sessions.revoked"
 
+// CheckpointSubject is the core NATS subject each newly signed ledger
+// checkpoint is announced on, as the JSON of GET
+// /api/v1/ledger/checkpoints/latest (docs/ledger.md). Core NATS: at most
+// once, no replay; the API and the database keep every checkpoint.
+const CheckpointSubject = "mana.ledger.checkpoints"
+
 // DuplicateWindow is how long JetStream remembers message ids to drop
 // republished duplicates; older duplicates are dropped by cursor instead.
 const DuplicateWindow = 10 * time.Minute

@@ -16,17 +16,29 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// IdleInTransactionTimeout bounds how long a session may sit idle inside a
-// transaction. The feed horizon is cluster-wide, so a forgotten transaction
-// would stall every reader; PostgreSQL ends it instead.
+// IdleInTransactionTimeout bounds how long a transaction may sit idle. The
+// feed horizon is cluster-wide, so a forgotten transaction would stall every
+// reader; PostgreSQL ends it instead. Begin sets it for each transaction
+// (SET LOCAL semantics) rather than as a startup parameter of the session:
+// PgBouncer refuses unknown startup parameters, and in transaction mode a
+// session setting would not follow the client anyway.
 const IdleInTransactionTimeout = 15 * time.Second
 
 // Open returns a pool for dsn. When the database does not exist it is
-// created first, which needs the CREATEDB privilege. Every session gets
-// idle_in_transaction_session_timeout; synchronous_commit is left on.
+// created first, which needs the CREATEDB privilege. synchronous_commit is
+// left on. The only startup parameter added is application_name, which
+// PgBouncer passes on; idle_in_transaction_session_timeout is set per
+// transaction by Begin.
 //
-// For PgBouncer in transaction mode add default_query_exec_mode=exec to the
-// DSN: pgx then neither prepares nor caches statements.
+// For PgBouncer in transaction mode add
+// default_query_exec_mode=cache_describe to the DSN: pgx then prepares no
+// named statement (PgBouncer 1.18 cannot follow one from server connection
+// to server connection) yet encodes parameters by the types the server
+// describes. Mode exec is not enough: it infers types from Go values and
+// cannot encode, say, []uuid.UUID or a map for a jsonb parameter. PgBouncer
+// reports a missing database as a protocol error (08P01), not
+// invalid_catalog_name, so through it the database must already exist. See
+// docs/operations.md.
 func Open(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
@@ -35,7 +47,6 @@ func Open(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, error
 	if maxConns > 0 {
 		cfg.MaxConns = maxConns
 	}
-	cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = fmt.Sprint(IdleInTransactionTimeout.Milliseconds())
 	cfg.ConnConfig.RuntimeParams["application_name"] = "mana"
 	if err := ensureDatabase(ctx, cfg.ConnConfig); err != nil {
 		return nil, err

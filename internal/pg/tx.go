@@ -42,10 +42,13 @@ type Actor struct {
 	UserID uuid.UUID
 }
 
-// Begin starts a transaction on pool as actor a: the BEGIN and the
-// switch to a's role, mana.scope and mana.user_id travel in one simple-query
-// round trip, and last for the transaction only (SET LOCAL semantics), so
-// nothing survives on the pooled connection.
+// Begin starts a transaction on pool as actor a: the BEGIN, the switch to
+// a's role, mana.scope and mana.user_id, and
+// idle_in_transaction_session_timeout (IdleInTransactionTimeout) travel in
+// one simple-query round trip, and last for the transaction only (SET LOCAL
+// semantics), so nothing survives on the pooled connection. The same holds
+// through PgBouncer in transaction mode, where the next transaction may run
+// on another server connection.
 func Begin(ctx context.Context, pool *pgxpool.Pool, a Actor, opts pgx.TxOptions) (pgx.Tx, error) {
 	q, err := beginQuery(a, opts)
 	if err != nil {
@@ -64,8 +67,8 @@ func Begin(ctx context.Context, pool *pgxpool.Pool, a Actor, opts pgx.TxOptions)
 var identPattern = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
 // beginQuery renders BEGIN with opts' modes followed by the set_config
-// calls for a. Only validated identifiers and a UUID's canonical text are
-// inlined.
+// calls for a and the idle-in-transaction timeout. Only validated
+// identifiers, a UUID's canonical text and an integer are inlined.
 func beginQuery(a Actor, opts pgx.TxOptions) (string, error) {
 	role, scope := a.Role, a.Scope
 	if role == "" {
@@ -92,8 +95,8 @@ func beginQuery(a Actor, opts pgx.TxOptions) (string, error) {
 	if opts.DeferrableMode != "" {
 		b.WriteString(" " + string(opts.DeferrableMode))
 	}
-	fmt.Fprintf(&b, "; SELECT set_config('role', '%s', true), set_config('mana.scope', '%s', true), set_config('mana.user_id', '%s', true)",
-		role, scope, user)
+	fmt.Fprintf(&b, "; SELECT set_config('role', '%s', true), set_config('mana.scope', '%s', true), set_config('mana.user_id', '%s', true), set_config('idle_in_transaction_session_timeout', '%d', true)",
+		role, scope, user, IdleInTransactionTimeout.Milliseconds())
 	return b.String(), nil
 }
 

@@ -141,6 +141,38 @@ type Lease struct {
 	ExpiresAt  time.Time
 }
 
+type LedgerCheckpoint struct {
+	ID             int64
+	CursorTx       uint64
+	CursorPosition int64
+	TreeSize       int64
+	Root           []byte
+	KeyID          string
+	Signature      []byte
+	SignedAt       time.Time
+}
+
+type LedgerEntry struct {
+	Cursor        string
+	TxID          uint64
+	Position      int64
+	EventID       uuid.UUID
+	EventType     string
+	StreamType    string
+	StreamID      string
+	StreamVersion int64
+	OccurredAt    time.Time
+	Leg           int64
+	Account       string
+	Amount        int64
+}
+
+type LedgerSigningKey struct {
+	KeyID     string
+	PublicKey []byte
+	CreatedAt time.Time
+}
+
 type LoginAttempt struct {
 	EmailHmac     []byte
 	WindowStart   time.Time
@@ -289,6 +321,11 @@ type Transaction struct {
 	CreatedAt   time.Time
 	SeqTx       uint64
 	SeqPos      int64
+}
+
+type TrialBalance struct {
+	Account string
+	Balance pgtype.Numeric
 }
 
 type UsageStat struct {
