@@ -120,6 +120,11 @@ func (h *authHandlers) login(c *echo.Context) error {
 	}
 	pair, w, err := h.id.Login(c.Request().Context(), domain.LoginInput{Email: req.Email, Password: req.Password,
 		DeviceID: req.DeviceID, DeviceName: req.DeviceName}, requestMeta(c))
+	// With 2FA on, a right password answers 200 {twoFactorRequired:true,
+	// challengeToken}; POST /auth/login/2fa completes (and counts) it.
+	if ok, err := loginChallenge(c, err); ok {
+		return err
+	}
 	serverFrom(c).countLogin(err)
 	if err != nil {
 		return err

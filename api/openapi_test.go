@@ -89,6 +89,11 @@ func TestOpenAPICoversEveryRoute(t *testing.T) {
 		"SetPurchases": func() { s.SetPurchases(struct{ domain.Purchases }{}, id) },
 		"SetLedger":    func() { s.SetLedger(struct{ domain.Checkpoints }{}, id) },
 		"SetEvents":    func() { s.SetEvents(struct{ api.EventLog }{}, id) },
+		"SetAccount":   func() { s.SetAccount(struct{ domain.AccountRecovery }{}, id) },
+		"SetTwoFactor": func() { s.SetTwoFactor(struct{ domain.TwoFactor }{}, id) },
+		"SetAccountDeletion": func() {
+			s.SetAccountDeletion(struct{ domain.AccountDeletion }{}, id)
+		},
 	}
 	// Server methods named Set* that register no routes.
 	notRegistrars := map[string]bool{"SetReady": true, "SetRateLimits": true}

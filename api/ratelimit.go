@@ -67,14 +67,19 @@ type rateLimiting struct {
 //   - POST /auth/login: LoginIP, then LoginAccount once the body names the
 //     account, both before the lock check and the password (so a client
 //     over its limit learns nothing about the account);
+//   - POST /auth/login/2fa: LoginIP (the same budget as /auth/login); the
+//     2FA management routes: TwoFactorUser per principal, and disable
+//     LoginAccount too (see SetTwoFactor);
 //   - credit writes with a Bearer token (spends, holds, admin grants,
 //     adjustments and refunds): CreditsUser, per principal;
-//   - credit writes with a service key: CreditsApp, per app.
-//
-// RecoveryIP and RecoveryAccount are meant for forgot-password,
-// resend-verification and reset-password: attach limitByIP(RecoveryIP) to
-// each route and call limitAccount with RecoveryAccount once the body has
-// named the account.
+//   - credit writes with a service key: CreditsApp, per app;
+//   - DELETE /auth/account: LoginAccount of the token's address, before
+//     the password; a deletion then forgets the account's budgets (see
+//     SetAccountDeletion);
+//   - POST /auth/forgot-password, /auth/resend-verification and
+//     /auth/reset-password (SetAccount): RecoveryIP; forgot-password and
+//     resend-verification also RecoveryAccount once the body names the
+//     account (reset-password names none: its token is 256 random bits).
 //
 // Every answer of a limited route carries RateLimit-Limit, -Remaining,
 // -Reset and -Policy for the tightest budget it drew on; a request over a

@@ -32,6 +32,13 @@ const (
 	SecurityAccountLocked      = "account_locked"
 	SecurityPasswordChanged    = "password_changed"
 	SecurityRoleChanged        = "role_changed"
+	SecurityEmailVerified      = "email_verified"
+	SecurityResetRequested     = "password_reset_requested"
+	SecurityPasswordReset      = "password_reset"
+	SecurityProfileUpdated     = "profile_updated"
+	SecurityTwoFactorEnabled   = "two_factor_enabled"
+	SecurityTwoFactorDisabled  = "two_factor_disabled"
+	SecurityRecoveryCodeUsed   = "recovery_code_used"
 	SecuritySessionRevoked     = "session_revoked"
 	SecurityRefreshTokenReused = "refresh_token_reused"
 	SecurityPaymentRejected    = "payment_rejected"
@@ -51,6 +58,17 @@ const (
 //   - user.password_changed: password_changed, detail the reason ("change"
 //     or "reset").
 //   - user.role_changed: role_changed, detail "FROM → TO".
+//   - user.email_verified: email_verified, detail how ("verification" or
+//     "password_reset").
+//   - user.password_reset_requested: password_reset_requested.
+//   - user.password_reset: password_reset, detail "sessions revoked: N",
+//     plus ", unlocked" when it cleared a login lock.
+//   - user.profile_updated: profile_updated (the name is not repeated).
+//   - user.two_factor_enabled: two_factor_enabled, detail the method
+//     ("totp").
+//   - user.two_factor_disabled: two_factor_disabled, detail the method.
+//   - user.recovery_code_used: recovery_code_used, detail "remaining: N"
+//     (unused recovery codes left).
 //   - session.revoked: session_revoked, detail the reason; a revocation for
 //     a reused refresh token is refresh_token_reused instead, without
 //     detail (the type says it).
@@ -87,6 +105,31 @@ func SecurityEvents() Projection {
 		}),
 		"user.role_changed": securityHandler(func(e *domain.UserRoleChanged) securityRow {
 			return securityRow{user: e.UserID, typ: SecurityRoleChanged, detail: e.From + " → " + e.To}
+		}),
+		"user.email_verified": securityHandler(func(e *domain.UserEmailVerified) securityRow {
+			return securityRow{user: e.UserID, typ: SecurityEmailVerified, detail: e.Via}
+		}),
+		"user.password_reset_requested": securityHandler(func(e *domain.UserPasswordResetRequested) securityRow {
+			return securityRow{user: e.UserID, typ: SecurityResetRequested}
+		}),
+		"user.password_reset": securityHandler(func(e *domain.UserPasswordReset) securityRow {
+			detail := "sessions revoked: " + strconv.Itoa(e.SessionsRevoked)
+			if e.Unlocked {
+				detail += ", unlocked"
+			}
+			return securityRow{user: e.UserID, typ: SecurityPasswordReset, detail: detail}
+		}),
+		"user.profile_updated": securityHandler(func(e *domain.UserProfileUpdated) securityRow {
+			return securityRow{user: e.UserID, typ: SecurityProfileUpdated}
+		}),
+		"user.two_factor_enabled": securityHandler(func(e *domain.UserTwoFactorEnabled) securityRow {
+			return securityRow{user: e.UserID, typ: SecurityTwoFactorEnabled, detail: e.Method}
+		}),
+		"user.two_factor_disabled": securityHandler(func(e *domain.UserTwoFactorDisabled) securityRow {
+			return securityRow{user: e.UserID, typ: SecurityTwoFactorDisabled, detail: e.Method}
+		}),
+		"user.recovery_code_used": securityHandler(func(e *domain.UserRecoveryCodeUsed) securityRow {
+			return securityRow{user: e.UserID, typ: SecurityRecoveryCodeUsed, detail: "remaining: " + strconv.Itoa(e.Remaining)}
 		}),
 		"session.revoked": securityHandler(func(e *domain.SessionRevoked) securityRow {
 			if e.Reason == domain.RevokedRefreshReused {

@@ -14,7 +14,8 @@ import (
 type usersProjection struct{ Handlers }
 
 // Users returns the projection "users": a row per user from
-// user.registered, deleted by user.erased. A user.registered applied after
+// user.registered (name updated by user.profile_updated, emailVerified set
+// by user.email_verified), deleted by user.erased. A user.registered applied after
 // the user's key was shredded (a lagging or rebuilt projection) decodes
 // with empty email and name; the user.erased that follows it in the feed
 // deletes that row again.
@@ -23,6 +24,9 @@ func Users() Projection {
 		"user.registered":   applyUserRegistered,
 		"user.erased":       applyUserErased,
 		"user.role_changed": applyUserRoleChanged,
+		// Account features (internal/identity/recovery.go).
+		"user.email_verified":  applyUserEmailVerified,
+		"user.profile_updated": applyUserProfileUpdated,
 	}}
 }
 
@@ -84,6 +88,30 @@ func applyUserRoleChanged(ctx context.Context, w *Writer, ev eventstore.Decoded)
 	}
 	if _, err := w.Exec(ctx, `UPDATE `+w.Table("users")+` SET role = $2, updated_at = $3 WHERE id = $1`, e.UserID, e.To, ev.OccurredAt); err != nil {
 		return fmt.Errorf("update user role: %w", err)
+	}
+	return nil
+}
+
+func applyUserEmailVerified(ctx context.Context, w *Writer, ev eventstore.Decoded) error {
+	e, ok := ev.Event.(*domain.UserEmailVerified)
+	if !ok {
+		return fmt.Errorf("user.email_verified: unexpected payload %T", ev.Event)
+	}
+	if _, err := w.Exec(ctx, `UPDATE `+w.Table("users")+` SET email_verified = true, updated_at = $2 WHERE id = $1`, e.UserID, ev.OccurredAt); err != nil {
+		return fmt.Errorf("update user verification: %w", err)
+	}
+	return nil
+}
+
+// applyUserProfileUpdated sets the new name. After the user's key was
+// shredded it decodes empty; user.erased deletes the row anyway.
+func applyUserProfileUpdated(ctx context.Context, w *Writer, ev eventstore.Decoded) error {
+	e, ok := ev.Event.(*domain.UserProfileUpdated)
+	if !ok {
+		return fmt.Errorf("user.profile_updated: unexpected payload %T", ev.Event)
+	}
+	if _, err := w.Exec(ctx, `UPDATE `+w.Table("users")+` SET name = $2, updated_at = $3 WHERE id = $1`, e.UserID, e.Name, ev.OccurredAt); err != nil {
+		return fmt.Errorf("update user name: %w", err)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/manacore/mana/api"
+	"github.com/manacore/mana/internal/mail"
 	"github.com/manacore/mana/internal/ratelimit"
 )
 
@@ -66,6 +67,10 @@ type Config struct {
 	StripeWebhookSecret string
 	StripeAPIBase       string
 	SMTPURL             string
+	// MailFrom is the sender of mails (MAIL_FROM), AppURL the web app the
+	// verification and reset mails link to (APP_URL); see docs/mail.md.
+	MailFrom string
+	AppURL   string
 
 	LogLevel slog.Level
 }
@@ -117,6 +122,8 @@ func parseConfig(getenv func(string) string) (*Config, error) {
 		StripeWebhookSecret:      p.str("STRIPE_WEBHOOK_SECRET", ""),
 		StripeAPIBase:            p.str("STRIPE_API_BASE", ""),
 		SMTPURL:                  p.str("SMTP_URL", ""),
+		MailFrom:                 p.str("MAIL_FROM", ""),
+		AppURL:                   p.str("APP_URL", ""),
 		LogLevel:                 p.level("LOG_LEVEL"),
 	}
 	if p.err != nil {
@@ -156,6 +163,17 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return &configError{"DATA_DIR", "must not be empty"}
+	}
+	if c.SMTPURL != "" {
+		if _, err := mail.ParseSMTPURL(c.SMTPURL); err != nil {
+			return &configError{"SMTP_URL", err.Error()}
+		}
+	}
+	if _, err := mail.NewRenderer(c.MailFrom, ""); err != nil {
+		return &configError{"MAIL_FROM", err.Error()}
+	}
+	if _, err := mail.NewRenderer("", c.AppURL); err != nil {
+		return &configError{"APP_URL", err.Error()}
 	}
 	return nil
 }

@@ -164,6 +164,10 @@ func TestConfigInvalidStopsRun(t *testing.T) {
 		{"CORS_ORIGINS", "*"},
 		{"CORS_ORIGINS", "https://app.example.com,app.example.com"},
 		{"CORS_ORIGINS", "https://app.example.com/path"},
+		{"SMTP_URL", "http://mail.example.com"},
+		{"SMTP_URL", "smtp://user:pw@mail.example.com:99999"},
+		{"MAIL_FROM", "not an address"},
+		{"APP_URL", "app.example.com"},
 	} {
 		t.Run(tc.name+"="+tc.value, func(t *testing.T) {
 			t.Parallel()

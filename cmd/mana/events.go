@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/manacore/mana/domain"
 	"github.com/manacore/mana/eventstore"
 	"github.com/manacore/mana/internal/pg"
 )
@@ -23,7 +25,7 @@ import (
 const exportPage = 1000
 
 func cmdEvents(ctx context.Context, e *env, args []string) error {
-	const help = "Usage: mana events export|tail [flags]\n\n  export  write the log (or a cursor range) to stdout as NDJSON or CSV\n  tail    follow the log from now (or --from) until interrupted\n"
+	const help = "Usage: mana events export|tail|import [flags]\n\n  export  write the log (or a cursor range) to stdout as NDJSON or CSV\n  tail    follow the log from now (or --from) until interrupted\n  import  append an NDJSON export to this database, verifying every hash and chain\n"
 	if len(args) == 0 || args[0] == "--help" || args[0] == "-h" {
 		fmt.Fprint(e.stdout, help)
 		if len(args) == 0 {
@@ -36,6 +38,8 @@ func cmdEvents(ctx context.Context, e *env, args []string) error {
 		return eventsExport(ctx, e, args[1:], false)
 	case "tail":
 		return eventsExport(ctx, e, args[1:], true)
+	case "import":
+		return eventsImport(ctx, e, args[1:])
 	}
 	return fmt.Errorf("%w: unknown subcommand %q", errUsage, args[0])
 }
@@ -172,6 +176,75 @@ func eventsExport(ctx context.Context, e *env, args []string, follow bool) error
 			}
 		}
 	}
+}
+
+// eventsImport is `mana events import`: it appends an NDJSON export to the
+// database, checking every line's hash and chain first (eventstore.Import).
+func eventsImport(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "events import", "events import [--file FILE|-] [--batch N]\n\n"+
+		"Appends the events of an NDJSON export (mana events export) to the database in input order, in transactions of --batch events. "+
+		"Each line's hash is recomputed from its fields and its prev_hash must be the hash of its stream's previous event (in the database or an earlier line) before it is inserted. "+
+		"Event ids, streams, versions, types, occurred_at, metadata, payloads and hashes are kept; tx_id, position and recorded_at are this database's. "+
+		"A missing database is created and migrated, without the default packages (they come with the export): import into a new database, not one `mana migrate` seeded. "+
+		"The database may also hold the beginning of the same streams (an earlier export); an event id already present, or another event at a taken stream version, stops the import. "+
+		"Transactions committed before a failure stay, and still verify.")
+	file := fs.String("file", "-", "the NDJSON file to read; - for standard input")
+	batch := fs.Int("batch", eventstore.DefaultImportBatch, "events per transaction (1 to 100000)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *batch < 1 || *batch > 100000 {
+		return fmt.Errorf("%w: --batch must be between 1 and 100000", errUsage)
+	}
+	var in io.Reader = os.Stdin
+	if *file != "-" && *file != "" {
+		f, err := os.Open(*file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	}
+	pool, err := pg.Open(ctx, e.cfg.DatabaseURL, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if _, err := migrate(ctx, pool); err != nil {
+		return err
+	}
+	// Hashes and chains need no keys: personal fields stay sealed as
+	// exported, readable only where their data keys are.
+	store, err := eventstore.New(pool, eventstore.Options{})
+	if err != nil {
+		return err
+	}
+	progress := newProgress(e.stderr)
+	rep, err := store.Import(ctx, in, eventstore.ImportOptions{
+		BatchSize: *batch,
+		Progress: func(n int64, last eventstore.Cursor) {
+			progress.update(int(n), last)
+		},
+	})
+	if progress.on {
+		fmt.Fprintln(e.stderr)
+	}
+	if err != nil {
+		var ie *eventstore.ImportError
+		if errors.As(err, &ie) && errors.Is(err, eventstore.ErrImportConflict) && ie.StreamType == domain.StreamPackage {
+			err = fmt.Errorf("%w (a database `mana migrate` seeded holds its own default packages: import into a new database)", err)
+		}
+		if rep.Events > 0 {
+			return fmt.Errorf("%w; the %d events of the lines before it were imported, up to cursor %s", err, rep.Events, rep.Last)
+		}
+		return fmt.Errorf("%w; nothing was imported", err)
+	}
+	plural := "s"
+	if rep.Batches == 1 {
+		plural = ""
+	}
+	fmt.Fprintf(e.stdout, "imported %d events in %d transaction%s, up to cursor %s\n", rep.Events, rep.Batches, plural, rep.Last)
+	return nil
 }
 
 // startSnapshot tells which transactions had committed when a tail

@@ -52,6 +52,8 @@ func newIdentity(ctx context.Context, e *env, store *eventstore.Store, nc *nats.
 		SignupBonus: e.cfg.SignupBonus,
 		ReuseWindow: e.cfg.RefreshReuseWindow,
 		Logger:      e.log,
+
+		RequireEmailVerification: e.cfg.RequireEmailVerification,
 	})
 	return svc, ts, err
 }

@@ -19,6 +19,7 @@ Usage:
   mana ledger verify [--checkpoint ID|latest] | checkpoint | check-proof --proof FILE --keys FILE
   mana events export [--from C] [--to C] [--types a,b] [--format ndjson|csv]
   mana events tail [--from C] [--types a,b]
+  mana events import [--file FILE|-] [--batch N]
   mana projections status|rebuild NAME|skip NAME CURSOR
   mana keys generate|rotate|list
   mana admin set-role EMAIL ROLE | service-key create APP | service-key revoke ID | grant|adjust|refund ...

@@ -143,11 +143,17 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); ts.Run(bg) }()
 		srv.SetIdentity(idsvc)
+		srv.SetAccount(idsvc, idsvc)
+		srv.SetTwoFactor(idsvc, idsvc)
 		cs, err := newCredits(e, store, runner)
 		if err != nil {
 			return err
 		}
 		srv.SetCredits(cs, idsvc)
+		// DELETE /auth/account closes the credit account in the erasure's
+		// transaction.
+		idsvc.SetCreditAccounts(cs)
+		srv.SetAccountDeletion(idsvc, idsvc)
 		ps, err := newPurchases(e, cs)
 		if err != nil {
 			return err
@@ -178,6 +184,12 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 			defer wg.Done()
 			startCheckpointSigner(bg, e, store, checkpoints, nc.NC, holder, checkpointInterval)
 		}()
+		runMail, err := newMailWorker(e, store, holder, reg)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); runMail(bg) }()
 	}
 
 	var hs *http.Server

@@ -107,7 +107,8 @@ func (p *Purchases) Packages(ctx context.Context) ([]domain.Package, error) {
 // purchase_orders row in one transaction. No transaction is open during
 // the call to Stripe. PAYMENTS_NOT_CONFIGURED without a provider;
 // VALIDATION_FAILED without a package id; NOT_FOUND for an unknown or
-// inactive package; UNAVAILABLE when Stripe fails.
+// inactive package, and for an erased (or unknown) user; UNAVAILABLE when
+// Stripe fails.
 func (p *Purchases) Start(ctx context.Context, user uuid.UUID, packageID uuid.UUID, checkout bool, meta domain.RequestMeta) (domain.PurchaseStarted, domain.Written, error) {
 	if p.provider == nil {
 		return domain.PurchaseStarted{}, domain.Written{}, domain.Errorf(domain.CodePaymentsNotConfigured, "Payments are not configured.")
@@ -149,7 +150,17 @@ func (p *Purchases) Start(ctx context.Context, user uuid.UUID, packageID uuid.UU
 		Metadata: domain.Metadata{Actor: caller.Principal(), RequestID: meta.RequestID},
 	}
 	r, err := p.cs.cfg.Store.Execute(ctx, cmd, func(ctx context.Context, tx *eventstore.Tx) (domain.Receipt, error) {
-		_, err := tx.Append(ctx, eventstore.StreamAppend{StreamType: domain.StreamPurchase, StreamID: id.String(),
+		// An account deleted while Stripe was creating the payment gets no
+		// pending purchase: the share lock makes a concurrent erasure (which
+		// fails the pending ones) wait for this one, or this one see it.
+		erased, err := accountErased(ctx, tx, user)
+		if err != nil {
+			return domain.Receipt{}, err
+		}
+		if erased {
+			return domain.Receipt{}, domain.Errorf(domain.CodeNotFound, "User not found.")
+		}
+		_, err = tx.Append(ctx, eventstore.StreamAppend{StreamType: domain.StreamPurchase, StreamID: id.String(),
 			ExpectedVersion: 0, Events: []domain.Event{created}, Users: []uuid.UUID{user}})
 		if err != nil {
 			return domain.Receipt{}, err
@@ -440,6 +451,16 @@ func (p *Purchases) apply(ctx context.Context, tx *eventstore.Tx, ev stripe.Even
 	if reason := o.mismatch(pay); reason != "" {
 		rej := domain.PurchasePaymentRejected{PurchaseID: o.id, UserID: o.user, StripeEventID: ev.ID, Reason: reason,
 			AmountCents: pay.AmountCents, Currency: pay.Currency}
+		// An erased account has nobody left to show a security event to,
+		// and its read-model rows must stay deleted: the rejection names
+		// no user (the purchase's stream still does).
+		erased, err := accountErased(ctx, tx, o.user)
+		if err != nil {
+			return res, err
+		}
+		if erased {
+			rej.UserID = uuid.Nil
+		}
 		res.outcome, res.rejected = reason, true
 		return res, appendPurchase(ctx, tx, o, rej, "")
 	}

@@ -35,6 +35,9 @@ type account struct {
 	role  string
 	hash  string
 	found bool
+	// twoFactor: the account has TOTP 2FA on, so a right password earns a
+	// challenge (see totp.go), not a session.
+	twoFactor bool
 }
 
 // Login implements domain.Identity. The order is: take a verification slot
@@ -74,7 +77,19 @@ func (s *Service) Login(ctx context.Context, in domain.LoginInput, meta domain.R
 	if !ok {
 		return domain.TokenPair{}, domain.Written{}, s.loginFailed(ctx, emailHMAC, acct, meta)
 	}
-	return s.startSession(ctx, emailHMAC, acct, email, in, meta)
+	// REQUIRE_EMAIL_VERIFICATION: only after the password, so the answer
+	// tells nothing to whoever does not know it (recovery.go).
+	if s.cfg.RequireEmailVerification {
+		if err := s.requireVerified(ctx, acct.id); err != nil {
+			return domain.TokenPair{}, domain.Written{}, err
+		}
+	}
+	if acct.twoFactor {
+		// The failure count is not reset: only a completed second step
+		// resets it, so the password alone buys no extra code guesses.
+		return domain.TokenPair{}, domain.Written{}, s.challenge(ctx, acct, email, in)
+	}
+	return s.startSession(ctx, emailHMAC, acct, email, in, meta, nil)
 }
 
 // reserveVerification counts one password verification for the address in
@@ -118,9 +133,10 @@ func (s *Service) loadAccount(ctx context.Context, emailHMAC []byte) (account, e
 	var a account
 	err := pg.InTx(ctx, s.pool, system, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `
-SELECT u.user_id, u.role, c.password_hash
+SELECT u.user_id, u.role, c.password_hash,
+       EXISTS (SELECT 1 FROM two_factor t WHERE t.user_id = u.user_id AND t.enabled_at IS NOT NULL)
 FROM auth_users u JOIN password_credentials c USING (user_id)
-WHERE u.email_hmac = $1 AND NOT u.erased`, emailHMAC).Scan(&a.id, &a.role, &a.hash)
+WHERE u.email_hmac = $1 AND NOT u.erased`, emailHMAC).Scan(&a.id, &a.role, &a.hash, &a.twoFactor)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -133,9 +149,19 @@ WHERE u.email_hmac = $1 AND NOT u.erased`, emailHMAC).Scan(&a.id, &a.role, &a.ha
 	return a, nil
 }
 
-// loginFailed counts the failure; the LockoutThreshold-th in a window locks
-// the address. Known accounts get user.login_failed (and user.locked).
+// loginFailed counts the failure (recordFailure) and answers
+// INVALID_CREDENTIALS.
 func (s *Service) loginFailed(ctx context.Context, emailHMAC []byte, acct account, meta domain.RequestMeta) error {
+	if err := s.recordFailure(ctx, emailHMAC, acct, meta); err != nil {
+		return err
+	}
+	return errBadCredentials
+}
+
+// recordFailure counts a failed verification (a wrong password or second
+// factor); the LockoutThreshold-th in a window locks the address. Known
+// accounts get user.login_failed (and user.locked).
+func (s *Service) recordFailure(ctx context.Context, emailHMAC []byte, acct account, meta domain.RequestMeta) error {
 	actor := "anonymous"
 	if acct.found {
 		actor = userActor(acct.id)
@@ -145,10 +171,11 @@ func (s *Service) loginFailed(ctx context.Context, emailHMAC []byte, acct accoun
 		var failures int
 		var lockedUntil *time.Time
 		err := tx.QueryRow(ctx, `
-UPDATE login_attempts SET failures = failures + 1,
-    locked_until = CASE WHEN failures + 1 >= $2 THEN $3::timestamptz ELSE locked_until END
-WHERE email_hmac = $1
-RETURNING failures, locked_until`, emailHMAC, LockoutThreshold, now.Add(LockoutDuration)).Scan(&failures, &lockedUntil)
+INSERT INTO login_attempts AS la (email_hmac, window_start, verifications, failures)
+VALUES ($1, $4, 1, 1)
+ON CONFLICT (email_hmac) DO UPDATE SET failures = la.failures + 1,
+    locked_until = CASE WHEN la.failures + 1 >= $2 THEN $3::timestamptz ELSE la.locked_until END
+RETURNING failures, locked_until`, emailHMAC, LockoutThreshold, now.Add(LockoutDuration), now).Scan(&failures, &lockedUntil)
 		if err != nil {
 			return domain.Receipt{}, err
 		}
@@ -163,16 +190,16 @@ RETURNING failures, locked_until`, emailHMAC, LockoutThreshold, now.Add(LockoutD
 			ExpectedVersion: eventstore.AnyVersion, Users: []uuid.UUID{acct.id}, Events: evs})
 		return domain.Receipt{}, err
 	})
-	if err != nil {
-		return err
-	}
-	return errBadCredentials
+	return err
 }
 
 // startSession clears the failure count and starts a session: its refresh
 // key and the first access token go to auth_sessions, the facts to
-// session.started and user.login_succeeded.
-func (s *Service) startSession(ctx context.Context, emailHMAC []byte, acct account, email string, in domain.LoginInput, meta domain.RequestMeta) (domain.TokenPair, domain.Written, error) {
+// session.started and user.login_succeeded. verify, when not nil, runs in
+// the same transaction before anything is written (the second step of a
+// 2FA login spends its code there); its error rolls everything back.
+func (s *Service) startSession(ctx context.Context, emailHMAC []byte, acct account, email string, in domain.LoginInput, meta domain.RequestMeta,
+	verify func(ctx context.Context, tx *eventstore.Tx) error) (domain.TokenPair, domain.Written, error) {
 	sid, err := uuid.NewV7()
 	if err != nil {
 		return domain.TokenPair{}, domain.Written{}, err
@@ -190,6 +217,25 @@ func (s *Service) startSession(ctx context.Context, emailHMAC []byte, acct accou
 	var name string
 	r, err := s.cfg.Store.Execute(ctx, command("auth.login", userActor(acct.id), meta), func(ctx context.Context, tx *eventstore.Tx) (domain.Receipt, error) {
 		now := tx.Now()
+		// The share lock orders this session against an erasure of the
+		// account (DeleteAccount locks the row FOR UPDATE): either the
+		// erasure sees the session and revokes it, or this sees the
+		// erasure and starts none.
+		var erased bool
+		if err := tx.QueryRow(ctx, `SELECT erased FROM auth_users WHERE user_id = $1 FOR SHARE`, acct.id).Scan(&erased); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return domain.Receipt{}, errBadCredentials
+			}
+			return domain.Receipt{}, err
+		}
+		if erased {
+			return domain.Receipt{}, errBadCredentials
+		}
+		if verify != nil {
+			if err := verify(ctx, tx); err != nil {
+				return domain.Receipt{}, err
+			}
+		}
 		if _, err := tx.Exec(ctx, `DELETE FROM login_attempts WHERE email_hmac = $1`, emailHMAC); err != nil {
 			return domain.Receipt{}, err
 		}
@@ -200,14 +246,9 @@ VALUES ($1, $2, 1, $3, $4, $5, $6, nullif($7, ''), 'active', $8, $5)`,
 			sid, acct.id, key, counter, now, access, in.DeviceID, expires); err != nil {
 			return domain.Receipt{}, err
 		}
-		reg, found, err := tx.LoadEvent(ctx, domain.StreamUser, acct.id.String(), 1)
+		_, name, err = s.userNames(ctx, tx, acct.id)
 		if err != nil {
 			return domain.Receipt{}, err
-		}
-		if found {
-			if u, ok := reg.Event.(*domain.UserRegistered); ok {
-				name = u.Name
-			}
 		}
 		_, err = tx.Append(ctx,
 			eventstore.StreamAppend{StreamType: domain.StreamSession, StreamID: sid.String(), Users: []uuid.UUID{acct.id},

@@ -48,8 +48,10 @@ func validatePassword(pw string) error {
 }
 
 // Register implements domain.Identity: the email claim, the password hash
-// (credential table), the write-side user row, user.registered and, once
-// per address ever, credit.signup_bonus_granted, all in one transaction.
+// (credential table), the write-side user row, user.registered, the
+// verification token with its queued mail and user.verification_requested
+// and, once per address ever, credit.signup_bonus_granted, all in one
+// transaction.
 func (s *Service) Register(ctx context.Context, in domain.RegisterInput, meta domain.RequestMeta) (domain.RegisteredUser, domain.Written, error) {
 	email, err := validateEmail(in.Email)
 	if err != nil {
@@ -86,9 +88,18 @@ func (s *Service) Register(ctx context.Context, in domain.RegisterInput, meta do
 			id, emailHMAC, now); err != nil {
 			return domain.Receipt{}, err
 		}
+		// The verification mail is queued with the registration
+		// (recovery.go); the worker sends it after the commit.
+		verifyBy, err := s.issueToken(tx, id, email, purposeVerify)
+		if err != nil {
+			return domain.Receipt{}, err
+		}
 		appends := []eventstore.StreamAppend{{
 			StreamType: domain.StreamUser, StreamID: id.String(), Users: []uuid.UUID{id},
-			Events: []domain.Event{domain.UserRegistered{UserID: id, Email: email, Name: name, Role: domain.RoleUser, RegisteredAt: now}},
+			Events: []domain.Event{
+				domain.UserRegistered{UserID: id, Email: email, Name: name, Role: domain.RoleUser, RegisteredAt: now},
+				domain.UserVerificationRequested{UserID: id, ExpiresAt: verifyBy},
+			},
 		}}
 		if s.cfg.SignupBonus > 0 {
 			var claimed bool

@@ -61,13 +61,19 @@ type Config struct {
 	SignupBonus int64
 	// ReuseWindow is the grace for concurrent refreshes of one token.
 	ReuseWindow time.Duration
-	Logger      *slog.Logger
+	// RequireEmailVerification refuses logins with EMAIL_NOT_VERIFIED
+	// until the address is verified (REQUIRE_EMAIL_VERIFICATION).
+	RequireEmailVerification bool
+
+	Logger *slog.Logger
 }
 
 // Service implements domain.Identity. It is safe for concurrent use.
 type Service struct {
 	cfg  Config
 	pool *pgxpool.Pool
+	// accounts closes credit accounts on erasure (SetCreditAccounts).
+	accounts CreditAccounts
 }
 
 var _ domain.Identity = (*Service)(nil)

@@ -72,7 +72,7 @@ func lockSession(ctx context.Context, tx *eventstore.Tx, sid uuid.UUID, user *uu
 	var r sessionRow
 	var device *string
 	q := `SELECT s.user_id, s.version, s.refresh_key, s.counter, s.rotated_at, s.current_access, s.device_id, s.status, s.expires_at, u.role
-FROM auth_sessions s JOIN auth_users u USING (user_id) WHERE s.session_id = $1`
+FROM auth_sessions s JOIN auth_users u USING (user_id) WHERE s.session_id = $1 AND NOT u.erased`
 	args := []any{sid}
 	if user != nil {
 		q += ` AND s.user_id = $2`
@@ -177,15 +177,18 @@ func tokenPair(u domain.UserView, access, refresh string) domain.TokenPair {
 		ExpiresIn: int(domain.AccessTokenTTL.Seconds()), TokenType: "Bearer"}
 }
 
-// userNames decodes the user's email and name from user.registered (one
-// index probe and one decryption, whatever the stream's length).
+// userNames decodes the user's email from user.registered and the current
+// name (recovery.go's currentName): an index probe and a decryption each,
+// whatever the stream's length.
 func (s *Service) userNames(ctx context.Context, tx *eventstore.Tx, user uuid.UUID) (string, string, error) {
 	ev, found, err := tx.LoadEvent(ctx, domain.StreamUser, user.String(), 1)
 	if err != nil || !found {
 		return "", "", err
 	}
 	if u, ok := ev.Event.(*domain.UserRegistered); ok {
-		return u.Email, u.Name, nil
+		// The name may have changed since (PATCH /auth/profile).
+		name, err := currentName(ctx, tx, user, u.Name)
+		return u.Email, name, err
 	}
 	return "", "", nil
 }
@@ -258,7 +261,7 @@ func (s *Service) Authenticate(ctx context.Context, token string) (domain.Princi
 		role    string
 	)
 	err = pg.QueryRow(ctx, s.pool, system, `SELECT s.status, s.expires_at, u.role FROM auth_sessions s JOIN auth_users u USING (user_id)
-WHERE s.session_id = $1 AND s.user_id = $2`, []any{c.SessionID, c.Subject}, &status, &expires, &role)
+WHERE s.session_id = $1 AND s.user_id = $2 AND NOT u.erased`, []any{c.SessionID, c.Subject}, &status, &expires, &role)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return domain.Principal{}, domain.Claims{}, errTokenInvalid
 	}

@@ -145,6 +145,44 @@ var rlsAudit = map[string]auditEntry{
 		admin:  auditNone, app: auditNone, system: auditBoth, auditor: auditDenied, projector: auditDenied,
 		insertOK: true, updateOK: true, deleteOK: true,
 	}},
+	"two_factor": {class: auditPerUser, reason: "a user's TOTP secret (wrapped) and last accepted step; only the user and system scope", spec: &auditPerUserSpec{
+		owner:  "user_id",
+		insert: `INSERT INTO two_factor (user_id, secret_wrapped, created_at) VALUES ($1, '\x00', now())`,
+		admin:  auditNone, app: auditNone, system: auditBoth, auditor: auditDenied, projector: auditDenied,
+		insertOK: true, updateOK: true, deleteOK: true,
+	}},
+	"recovery_codes": {class: auditPerUser, reason: "keyed hashes of a user's 2FA recovery codes; only the user and system scope", spec: &auditPerUserSpec{
+		owner:  "user_id",
+		insert: `INSERT INTO recovery_codes (user_id, code_hash, created_at) VALUES ($1, sha256(gen_random_uuid()::text::bytea), now())`,
+		admin:  auditNone, app: auditNone, system: auditBoth, auditor: auditDenied, projector: auditDenied,
+		insertOK: true, updateOK: true, deleteOK: true,
+	}},
+	"two_factor_challenges": {class: auditPerUser, reason: "a user's open 2FA login challenges; only the user and system scope", spec: &auditPerUserSpec{
+		owner:  "user_id",
+		insert: `INSERT INTO two_factor_challenges (challenge_id, user_id, expires_at) VALUES (gen_random_uuid(), $1, now() + interval '5 minutes')`,
+		admin:  auditNone, app: auditNone, system: auditBoth, auditor: auditDenied, projector: auditDenied,
+		insertOK: true, updateOK: true, deleteOK: true,
+	}},
+	"email_tokens": {class: auditPerUser, reason: "keyed hashes of a user's email-verification and password-reset tokens; only the user and system scope", spec: &auditPerUserSpec{
+		owner: "user_id",
+		insert: `INSERT INTO email_tokens (token_hash, user_id, purpose, created_at, expires_at)
+			VALUES (sha256(gen_random_uuid()::text::bytea), $1, 'reset', now(), now() + interval '1 hour')`,
+		admin: auditNone, app: auditNone, system: auditBoth, auditor: auditDenied, projector: auditDenied,
+		insertOK: true, updateOK: true, deleteOK: true,
+	}},
+	"mail_outbox": {class: auditPerUser, reason: "a user's mails waiting for the mail worker, sealed with DATA_KEK; only the user and system scope", spec: &auditPerUserSpec{
+		owner: "user_id",
+		insert: `INSERT INTO mail_outbox (id, user_id, kind, sealed, next_attempt_at, created_at)
+			VALUES (gen_random_uuid(), $1, 'verify_email', '\x00', now(), now())`,
+		admin: auditNone, app: auditNone, system: auditBoth, auditor: auditDenied, projector: auditDenied,
+		insertOK: true, updateOK: true, deleteOK: true,
+	}},
+	"mail_known_devices": {class: auditPerUser, reason: "keyed hashes of the devices a user logged in from, for new-device notices; only the user and system scope", spec: &auditPerUserSpec{
+		owner:  "user_id",
+		insert: `INSERT INTO mail_known_devices (user_id, device_hash, first_seen) VALUES ($1, sha256(gen_random_uuid()::text::bytea), now())`,
+		admin:  auditNone, app: auditNone, system: auditBoth, auditor: auditDenied, projector: auditDenied,
+		insertOK: true, updateOK: true, deleteOK: true,
+	}},
 	"auth_users": {class: auditPerUser, reason: "write-side state of a user (role, lockout, version)", spec: &auditPerUserSpec{
 		owner: "user_id",
 		insert: `INSERT INTO auth_users (user_id, email_hmac, role, version, created_at)
@@ -260,6 +298,7 @@ var rlsAudit = map[string]auditEntry{
 	"stripe_events":          {class: auditSystem, reason: "Stripe webhook dedup by event id, no user column"},
 	"packages":               {class: auditSystem, reason: "global credit package catalogue, the same for every user"},
 	"leases":                 {class: auditSystem, reason: "single-writer leases of the relay, projections and workers"},
+	"mail_cursor":            {class: auditSystem, reason: "the mail worker's feed cursor, no user column"},
 	"relay_checkpoints":      {class: auditSystem, reason: "relay cursor"},
 	"projection_checkpoints": {class: auditSystem, reason: "projection cursors"},
 	"projection_failures":    {class: auditSystem, reason: "poison events of projections (event ids, errors)"},

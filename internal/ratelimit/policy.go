@@ -28,6 +28,9 @@ const (
 	// RecoveryAccount limits forgot-password and resend-verification
 	// requests per account (blind email index).
 	RecoveryAccount = "recovery_account"
+	// TwoFactorUser limits the 2FA management requests (enroll, confirm,
+	// disable) per user (the Bearer principal).
+	TwoFactorUser = "two_factor_user"
 	// CreditsUser limits credit writes per user (the Bearer principal).
 	CreditsUser = "credits_user"
 	// CreditsApp limits credit writes per app (the service key's app).
@@ -96,6 +99,8 @@ type Policies map[string]Policy
 // refresh 120/min per address; forgot/resend/reset 5/min per address and
 // 3/h per account; credit writes 50/s with a burst of 500 per user and
 // 1000/s per app. Where SPEC names no burst, the burst is the limit.
+// TwoFactorUser, which SPEC does not name, allows 10 2FA management
+// requests a minute per user (a second login step draws on LoginIP).
 func Defaults() Policies {
 	ps := Policies{}
 	for _, p := range []Policy{
@@ -105,6 +110,7 @@ func Defaults() Policies {
 		{Name: RefreshIP, Limit: 120, Period: time.Minute, Burst: 120},
 		{Name: RecoveryIP, Limit: 5, Period: time.Minute, Burst: 5},
 		{Name: RecoveryAccount, Limit: 3, Period: time.Hour, Burst: 3},
+		{Name: TwoFactorUser, Limit: 10, Period: time.Minute, Burst: 10},
 		{Name: CreditsUser, Limit: 50, Period: time.Second, Burst: 500},
 		{Name: CreditsApp, Limit: 1000, Period: time.Second, Burst: 1000},
 	} {

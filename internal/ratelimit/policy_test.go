@@ -15,6 +15,7 @@ func TestDefaultsAreSpec(t *testing.T) {
 		RefreshIP:       {RefreshIP, 120, time.Minute, 120},
 		RecoveryIP:      {RecoveryIP, 5, time.Minute, 5},
 		RecoveryAccount: {RecoveryAccount, 3, time.Hour, 3},
+		TwoFactorUser:   {TwoFactorUser, 10, time.Minute, 10},
 		CreditsUser:     {CreditsUser, 50, time.Second, 500},
 		CreditsApp:      {CreditsApp, 1000, time.Second, 1000},
 	}

@@ -35,12 +35,14 @@ type AuthSession struct {
 }
 
 type AuthUser struct {
-	UserID    uuid.UUID
-	EmailHmac []byte
-	Role      string
-	Version   int64
-	CreatedAt time.Time
-	Erased    bool
+	UserID        uuid.UUID
+	EmailHmac     []byte
+	Role          string
+	Version       int64
+	CreatedAt     time.Time
+	Erased        bool
+	EmailVerified bool
+	NameVersion   int64
 }
 
 type Balance struct {
@@ -101,6 +103,15 @@ type EmailClaim struct {
 	EmailHmac []byte
 	UserID    uuid.UUID
 	ClaimedAt time.Time
+}
+
+type EmailToken struct {
+	TokenHash []byte
+	UserID    uuid.UUID
+	Purpose   string
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	UsedAt    pgtype.Timestamptz
 }
 
 type Event struct {
@@ -181,6 +192,29 @@ type LoginAttempt struct {
 	LockedUntil   pgtype.Timestamptz
 }
 
+type MailCursor struct {
+	Name     string
+	TxID     uint64
+	Position int64
+}
+
+type MailKnownDevice struct {
+	UserID     uuid.UUID
+	DeviceHash []byte
+	FirstSeen  time.Time
+}
+
+type MailOutbox struct {
+	ID            uuid.UUID
+	UserID        uuid.UUID
+	Kind          string
+	Sealed        []byte
+	Attempts      int32
+	NextAttemptAt time.Time
+	CreatedAt     time.Time
+	LastError     pgtype.Text
+}
+
 type Package struct {
 	ID         uuid.UUID
 	Name       string
@@ -247,6 +281,13 @@ type PurchaseOrder struct {
 	Version         int64
 	CreatedAt       time.Time
 	CompletedAt     pgtype.Timestamptz
+}
+
+type RecoveryCode struct {
+	UserID    uuid.UUID
+	CodeHash  []byte
+	UsedAt    pgtype.Timestamptz
+	CreatedAt time.Time
 }
 
 type RelayCheckpoint struct {
@@ -326,6 +367,20 @@ type Transaction struct {
 type TrialBalance struct {
 	Account string
 	Balance pgtype.Numeric
+}
+
+type TwoFactor struct {
+	UserID        uuid.UUID
+	SecretWrapped []byte
+	EnabledAt     pgtype.Timestamptz
+	LastUsedStep  pgtype.Int8
+	CreatedAt     time.Time
+}
+
+type TwoFactorChallenge struct {
+	ChallengeID uuid.UUID
+	UserID      uuid.UUID
+	ExpiresAt   time.Time
 }
 
 type UsageStat struct {
