@@ -11,6 +11,11 @@ SQLC := $(BIN)/sqlc
 STRIPE_MOCK_VERSION := v0.203.0
 STRIPE_MOCK := $(BIN)/stripe-mock
 STRIPE_MOCK_STAMP := $(BIN)/.stripe-mock-$(STRIPE_MOCK_VERSION)
+# mailpit receives the mails of the account tests over SMTP on a free
+# loopback port; they read them back through its REST API (docs/mail.md).
+MAILPIT_VERSION := v1.33.1
+MAILPIT := $(BIN)/mailpit
+MAILPIT_STAMP := $(BIN)/.mailpit-$(MAILPIT_VERSION)
 # Debian packages the tests need, by the command that proves each is there.
 # pgbouncer (1.18 on Debian 12) is in /usr/sbin, often not on a user's PATH;
 # the PgBouncer tests start their own (internal/pgtest/pgbouncer.go).
@@ -30,7 +35,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o $(BIN)/mana ./cmd/mana
 
 ## deps: install the pinned tools into ./bin and, as root, missing Debian packages
-deps: $(SQLC) $(STRIPE_MOCK_STAMP)
+deps: $(SQLC) $(STRIPE_MOCK_STAMP) $(MAILPIT_STAMP)
 	@missing=""; for pair in $(DEB_CMDS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x "$$cmd" ] || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
@@ -48,6 +53,13 @@ $(STRIPE_MOCK_STAMP): $(if $(wildcard $(STRIPE_MOCK)),,FORCE)
 	@mkdir -p $(BIN)
 	GOBIN=$(BIN) $(GO) install github.com/stripe/stripe-mock@$(STRIPE_MOCK_VERSION)
 	@rm -f $(BIN)/.stripe-mock-*
+	@touch $@
+
+# Like stripe-mock: again when the pin changes or the binary is gone.
+$(MAILPIT_STAMP): $(if $(wildcard $(MAILPIT)),,FORCE)
+	@mkdir -p $(BIN)
+	GOBIN=$(BIN) $(GO) install github.com/axllent/mailpit@$(MAILPIT_VERSION)
+	@rm -f $(BIN)/.mailpit-*
 	@touch $@
 
 FORCE:
@@ -85,11 +97,13 @@ verify: $(SQLC)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-## bench: Go benchmarks of the append path with a pgbench baseline
+## bench: Go benchmarks of the append path, the service over HTTP against
+## pgbench baselines, and export/rebuild over 1,000,000 events against COPY
 bench: deps
 	bash .ci/services.sh
 	bash bench/append.sh
 	bash bench/service.sh
+	bash bench/export.sh
 
 clean:
 	rm -rf $(BIN) data
