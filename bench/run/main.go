@@ -498,7 +498,7 @@ func setup(ctx context.Context, a *api, cfg config) (*world, error) {
 }
 
 // seedFigures is the seed service's measurements on this machine
-// (/work/shared/ENVIRONMENT.md, "The service we replace"): req/s and p99 ms
+// (the measured limits of this machine, "The service we replace"): req/s and p99 ms
 // at 8 and 32 closed-loop clients.
 type seedFigure struct {
 	Scenario string  `json:"scenario"`

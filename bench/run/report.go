@@ -201,7 +201,7 @@ func (r *report) finish(seed map[string]seedFigure, began time.Time) {
 			}
 		}
 	}
-	r.Seed.Source = "/work/shared/ENVIRONMENT.md, the original NestJS service on this machine, closed loop"
+	r.Seed.Source = "the measured limits of this machine, the original NestJS service on this machine, closed loop"
 	r.Seed.Clients = seed["login"].Clients
 	r.Seed.Figures = seed
 
