@@ -319,6 +319,10 @@ func (r *report) print() {
 		fmt.Printf("\nbalance_after_spend: %d reads did not show the spend just made\n", r.Meta.StaleReads)
 	}
 	fmt.Printf("\nload average before %s, after %s; %.0f s\n", r.Meta.LoadAvgBefore, r.Meta.LoadAvgAfter, r.Meta.DurationSeconds)
+	if r.Box.Disturbance > 10 {
+		fmt.Printf("WARNING: other processes took %.0f%% of the CPU while the argon2id and RS256 rates were measured: "+
+			"those rates, and the login and refresh ratios, are off; run again on a quiet machine\n", r.Box.Disturbance)
+	}
 	if r.Meta.OtherCPUPercent > 10 {
 		fmt.Printf("WARNING: other processes took up to %.0f%% of the CPU during a scenario: this run was disturbed, "+
 			"its figures understate the service; run again on a quiet machine\n", r.Meta.OtherCPUPercent)
