@@ -374,6 +374,20 @@ func (h *creditHandlers) appPlaceHold(c *echo.Context) error {
 	return WriteReceipt(c, r)
 }
 
+// appHoldTarget checks what an app's capture or release names: the user,
+// the hold in the path and the idempotency key.
+func appHoldTarget(c *echo.Context, user uuid.UUID, bodyKey string) (uuid.UUID, string, error) {
+	if user == uuid.Nil {
+		return uuid.Nil, "", invalidField("userId", "is required")
+	}
+	id, err := holdID(c)
+	if err != nil {
+		return uuid.Nil, "", err
+	}
+	key, err := IdempotencyKey(c, bodyKey)
+	return id, key, err
+}
+
 func (h *creditHandlers) appCaptureHold(c *echo.Context) error {
 	var req struct {
 		captureRequest
@@ -382,14 +396,7 @@ func (h *creditHandlers) appCaptureHold(c *echo.Context) error {
 	if err := Bind(c, &req); err != nil {
 		return err
 	}
-	if req.UserID == uuid.Nil {
-		return invalidField("userId", "is required")
-	}
-	id, err := holdID(c)
-	if err != nil {
-		return err
-	}
-	key, err := IdempotencyKey(c, req.IdempotencyKey)
+	id, key, err := appHoldTarget(c, req.UserID, req.IdempotencyKey)
 	if err != nil {
 		return err
 	}
@@ -409,14 +416,7 @@ func (h *creditHandlers) appReleaseHold(c *echo.Context) error {
 	if err := Bind(c, &req); err != nil {
 		return err
 	}
-	if req.UserID == uuid.Nil {
-		return invalidField("userId", "is required")
-	}
-	id, err := holdID(c)
-	if err != nil {
-		return err
-	}
-	key, err := IdempotencyKey(c, req.IdempotencyKey)
+	id, key, err := appHoldTarget(c, req.UserID, req.IdempotencyKey)
 	if err != nil {
 		return err
 	}
