@@ -498,8 +498,18 @@ func TestRelayResumesFromCheckpoint(t *testing.T) {
 		t.Errorf("second relay published %v events, want the 20 after the checkpoint", got)
 	}
 
-	// Stop the next relay in the middle of a backlog.
-	appendN(200)
+	// Stop the next relay in the middle of a backlog, one large enough that
+	// a relay publishing one event a round cannot drain it between two
+	// polls of a busy test machine.
+	for range 20 {
+		batches := make([]eventstore.StreamAppend, 100)
+		for i := range batches {
+			batches[i] = eventstore.StreamAppend{StreamType: "package", StreamID: uuid.NewString(), ExpectedVersion: eventstore.AnyVersion, Events: []domain.Event{pkg("p")}}
+		}
+		if _, err := appendBatches(e, batches...); err != nil {
+			t.Fatal(err)
+		}
+	}
 	r3 := startRelay(t, e, nc.JS, eventstore.RelayOptions{BatchSize: 1})
 	waitFor(t, "part of the backlog published", func() bool { return r3.metric(t, "mana_relay_published_total") >= 20 })
 	r3.stop(t)
@@ -514,7 +524,7 @@ func TestRelayResumesFromCheckpoint(t *testing.T) {
 	t.Logf("stopped at %s, %v events into the backlog", cp, r3.metric(t, "mana_relay_published_total"))
 
 	r4 := startRelay(t, e, nc.JS, eventstore.RelayOptions{})
-	feed = waitPublished(t, e, 240)
+	feed = waitPublished(t, e, 2040)
 	checkStream(t, nc.JS, feed)
 	if got := r4.metric(t, "mana_relay_duplicates_total"); got > 1 {
 		t.Errorf("resumed relay republished %v events JetStream held, want at most the one in flight", got)
