@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -16,12 +15,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/manacore/mana/domain"
 	"github.com/manacore/mana/eventstore"
+	"github.com/manacore/mana/internal/natstest"
 	"github.com/manacore/mana/internal/natsx"
 )
 
@@ -40,59 +39,15 @@ func embeddedNATS(t *testing.T) *natsx.Conn {
 	return c
 }
 
-// natsServer is a JetStream server of one test on a loopback TCP port, which
-// the test may stop and start again on the same port and store directory.
-type natsServer struct {
-	t    *testing.T
-	opts *server.Options
-	srv  *server.Server
-}
-
-func startNATS(t *testing.T) *natsServer {
-	t.Helper()
-	n := &natsServer{t: t, opts: &server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
-		NoLog: true, NoSigs: true,
-	}}
-	n.start()
-	t.Cleanup(n.stop)
-	return n
-}
-
-func (n *natsServer) start() {
-	n.t.Helper()
-	srv, err := server.NewServer(n.opts)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		n.t.Fatal("NATS server not ready")
-	}
-	// Keep the port for a restart.
-	n.opts.Port = srv.Addr().(*net.TCPAddr).Port
-	n.srv = srv
-}
-
-func (n *natsServer) stop() {
-	if n.srv != nil {
-		n.srv.Shutdown()
-		n.srv.WaitForShutdown()
-		n.srv = nil
-	}
-}
-
-func (n *natsServer) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.opts.Port) }
-
-// connect connects the way the service does for an external server:
+// connectNATS connects the way the service does to an external server:
 // reconnecting forever.
-func (n *natsServer) connect() *natsx.Conn {
-	n.t.Helper()
-	c, err := natsx.Connect(ctxT(n.t), natsx.Config{URL: n.url(), Name: n.t.Name()})
+func connectNATS(t *testing.T, srv *natstest.Server) *natsx.Conn {
+	t.Helper()
+	c, err := natsx.Connect(ctxT(t), natsx.Config{URL: srv.URL(), Name: t.Name()})
 	if err != nil {
-		n.t.Fatal(err)
+		t.Fatal(err)
 	}
-	n.t.Cleanup(c.Close)
+	t.Cleanup(c.Close)
 	return c
 }
 
@@ -609,8 +564,8 @@ func TestRelayNotifyWakesIdleRelay(t *testing.T) {
 func TestRelayCatchesUpAfterNATSOutage(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	srv := startNATS(t)
-	nc := srv.connect()
+	srv := natstest.Start(t)
+	nc := connectNATS(t, srv)
 	rr := startRelay(t, e, nc.JS, eventstore.RelayOptions{AckTimeout: time.Second, BatchSize: 20})
 
 	for range 10 {
@@ -626,7 +581,7 @@ func TestRelayCatchesUpAfterNATSOutage(t *testing.T) {
 	}
 	appendTyped(t, e, "package", uuid.NewString(), backlog...)
 	waitFor(t, "part of the backlog published", func() bool { return rr.metric(t, "mana_relay_published_total") >= 100 })
-	srv.stop()
+	srv.Down()
 	published := rr.metric(t, "mana_relay_published_total")
 	t.Logf("NATS stopped after %v events", published)
 
@@ -649,7 +604,7 @@ func TestRelayCatchesUpAfterNATSOutage(t *testing.T) {
 		t.Fatal("setup: the relay published everything before NATS stopped")
 	}
 
-	srv.start()
+	srv.Up()
 	feed := waitPublished(t, e, 2030)
 	checkStream(t, nc.JS, feed)
 }
@@ -661,8 +616,8 @@ func TestRelayCatchesUpAfterNATSOutage(t *testing.T) {
 func TestRelayRewindsWhenJetStreamLosesItsTail(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	srv := startNATS(t)
-	nc := srv.connect()
+	srv := natstest.Start(t)
+	nc := connectNATS(t, srv)
 	rr := startRelay(t, e, nc.JS, eventstore.RelayOptions{AckTimeout: time.Second})
 
 	for range 10 {
@@ -670,25 +625,25 @@ func TestRelayRewindsWhenJetStreamLosesItsTail(t *testing.T) {
 	}
 	waitPublished(t, e, 10)
 	snapshot := t.TempDir()
-	srv.stop()
-	if err := os.CopyFS(snapshot, os.DirFS(srv.opts.StoreDir)); err != nil {
+	srv.Down()
+	if err := os.CopyFS(snapshot, os.DirFS(srv.StoreDir())); err != nil {
 		t.Fatal(err)
 	}
-	srv.start()
+	srv.Up()
 
 	for range 10 {
 		appendTyped(t, e, "package", uuid.NewString(), pkg("p"))
 	}
 	waitPublished(t, e, 20)
 	// Crash back to the snapshot: the last 10 acknowledged events are gone.
-	srv.stop()
-	if err := os.RemoveAll(srv.opts.StoreDir); err != nil {
+	srv.Down()
+	if err := os.RemoveAll(srv.StoreDir()); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.CopyFS(srv.opts.StoreDir, os.DirFS(snapshot)); err != nil {
+	if err := os.CopyFS(srv.StoreDir(), os.DirFS(snapshot)); err != nil {
 		t.Fatal(err)
 	}
-	srv.start()
+	srv.Up()
 	if c := streamCount(t, nc.JS); c != 10 {
 		t.Fatalf("setup: restored stream holds %d messages, want 10", c)
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +21,7 @@ import (
 	"github.com/manacore/mana/domain"
 	"github.com/manacore/mana/eventstore"
 	"github.com/manacore/mana/internal/keyring"
+	"github.com/manacore/mana/internal/natstest"
 	"github.com/manacore/mana/internal/natsx"
 	"github.com/manacore/mana/internal/pgtest"
 	"github.com/manacore/mana/projections"
@@ -36,51 +35,6 @@ import (
 // The runners do not poll the feed after start-up (PollInterval an hour):
 // after their first catch-up only JetStream messages move them, so the
 // tests see the messages flow end to end.
-
-// pipeNATS is a JetStream server on a loopback port that a test can stop
-// and restart on the same port and store directory.
-type pipeNATS struct {
-	t    *testing.T
-	opts *server.Options
-	srv  *server.Server
-}
-
-func startPipeNATS(t *testing.T) *pipeNATS {
-	t.Helper()
-	n := &pipeNATS{t: t, opts: &server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
-		NoLog: true, NoSigs: true,
-	}}
-	n.start()
-	t.Cleanup(n.stop)
-	return n
-}
-
-func (n *pipeNATS) start() {
-	n.t.Helper()
-	srv, err := server.NewServer(n.opts)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		srv.Shutdown()
-		n.t.Fatal("NATS server not ready within 10s")
-	}
-	// A restart reuses the port the first start picked.
-	n.opts.Port = srv.Addr().(*net.TCPAddr).Port
-	n.srv = srv
-}
-
-func (n *pipeNATS) stop() {
-	if n.srv != nil {
-		n.srv.Shutdown()
-		n.srv.WaitForShutdown()
-		n.srv = nil
-	}
-}
-
-func (n *pipeNATS) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.opts.Port) }
 
 // pipeLog collects a component's log lines, safe for concurrent use.
 type pipeLog struct {
@@ -104,7 +58,7 @@ func (l *pipeLog) String() string {
 // connection and running relay, plus the counter projection.
 type pipeline struct {
 	*env
-	nats     *pipeNATS
+	nats     *natstest.Server
 	nc       *nats.Conn
 	relay    *eventstore.Relay
 	relayReg *prometheus.Registry
@@ -150,9 +104,9 @@ func newPipeline(t *testing.T, counterName string, o pipeOpts) *pipeline {
 		t.Fatal(err)
 	}
 
-	srv := startPipeNATS(t)
+	srv := natstest.Start(t)
 	// Reconnect forever, as the service does for an external server.
-	nc, err := nats.Connect(srv.url(), nats.Name(t.Name()), nats.MaxReconnects(-1),
+	nc, err := nats.Connect(srv.URL(), nats.Name(t.Name()), nats.MaxReconnects(-1),
 		nats.ReconnectWait(100*time.Millisecond), nats.RetryOnFailedConnect(true))
 	if err != nil {
 		t.Fatal(err)
@@ -427,7 +381,7 @@ func TestPipelineSurvivesNATSOutage(t *testing.T) {
 	eventually(t, "part of the backlog published", func() bool {
 		return p.relayMetric(t, "mana_relay_published_total") >= published+100
 	})
-	p.nats.stop()
+	p.nats.Down()
 	t.Logf("NATS stopped after the relay published %v of the %d backlog events",
 		p.relayMetric(t, "mana_relay_published_total")-published, len(backlog))
 	errorsBefore := p.relayMetric(t, "mana_relay_errors_total")
@@ -456,7 +410,7 @@ func TestPipelineSurvivesNATSOutage(t *testing.T) {
 		}
 	}
 
-	p.nats.start()
+	p.nats.Up()
 	restarted := time.Now()
 	feed = p.converged(t, total.events, total)
 	t.Logf("caught up %v after NATS restarted; relay republished %v duplicates",

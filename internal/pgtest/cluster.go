@@ -115,16 +115,39 @@ func (c *Cluster) NewPool(t testing.TB, db string) *pgxpool.Pool {
 // with t.Fatalf if the cluster was stopped or does not come back.
 func (c *Cluster) Restart(t testing.TB) {
 	t.Helper()
+	c.Down(t)
+	c.Up(t)
+}
+
+// Down shuts the server down the fast way, as Restart does, and leaves it
+// down until Up: an outage whose length the test chooses. Down of a server
+// that is down does nothing.
+func (c *Cluster) Down(t testing.TB) {
+	t.Helper()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stopped {
-		t.Fatalf("pgtest: Restart of a stopped cluster")
+		t.Fatalf("pgtest: Down of a stopped cluster")
 	}
 	if err := c.halt(syscall.SIGINT); err != nil {
-		t.Fatalf("pgtest: restart: %v", err)
+		t.Fatalf("pgtest: down: %v", err)
+	}
+}
+
+// Up starts a server that Down shut down, on the same port and data, and
+// waits until it accepts connections. Up of a running server does nothing.
+func (c *Cluster) Up(t testing.TB) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		t.Fatalf("pgtest: Up of a stopped cluster")
+	}
+	if c.proc != nil {
+		return
 	}
 	if err := c.start(t.Context()); err != nil {
-		t.Fatalf("pgtest: restart: %v", err)
+		t.Fatalf("pgtest: up: %v", err)
 	}
 }
 
