@@ -126,6 +126,13 @@ func classify(err error) problem {
 	if errors.As(err, &mbe) {
 		return fromCode(domain.CodePayloadTooLarge)
 	}
+	if errors.Is(err, domain.ErrUnavailable) {
+		// PostgreSQL is down or restarting: the client may retry; the
+		// log line tells operators.
+		p := fromCode(domain.CodeUnavailable)
+		p.retryAfter, p.unexpected = 1, true
+		return p
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		// The request's own timeout (Config.RequestTimeout) expired while a
 		// dependency was slow: the client may retry; operators learn of

@@ -443,3 +443,29 @@ func TestEchoErrorsMapToDomainCodes(t *testing.T) {
 		}
 	}
 }
+
+// TestUnavailableDependency: an error marked domain.ErrUnavailable (the
+// database down) is 503 UNAVAILABLE with Retry-After, never 500, and is
+// logged for operators without its cause reaching the client.
+func TestUnavailableDependency(t *testing.T) {
+	t.Parallel()
+	s, logs := newServer(t, api.Config{})
+	cause := errors.New("dial tcp 10.1.2.3:5432: connection refused")
+	s.API().POST("/test/down", func(c *echo.Context) error {
+		return fmt.Errorf("begin: %w", fmt.Errorf("%w: %w", domain.ErrUnavailable, cause))
+	})
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/api/v1/test/down", nil)
+	resp, body := do(t, srv.Client(), req)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
+		t.Fatalf("status %d Retry-After %q, want 503 with Retry-After 1", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	env := checkEnvelope(t, body, http.StatusServiceUnavailable, domain.CodeUnavailable, "/api/v1/test/down")
+	if strings.Contains(string(body), "10.1.2.3") {
+		t.Errorf("the cause reached the client: %s (%s)", body, env.Message)
+	}
+	if n := len(logs.lines(t, "request failed")); n != 1 {
+		t.Errorf("logged %d failures, want 1", n)
+	}
+}

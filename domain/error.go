@@ -48,6 +48,12 @@ const (
 	CodeUnavailable            Code = "UNAVAILABLE"
 )
 
+// ErrUnavailable marks an error of a dependency the service cannot reach
+// right now, such as PostgreSQL down or restarting. The API answers it with
+// 503 UNAVAILABLE and Retry-After; a client retries a write with the same
+// Idempotency-Key.
+var ErrUnavailable = errors.New("a dependency is unavailable")
+
 // Error is the one error type that crosses from the domain to the edges.
 // Message is safe to show to a client; Details carries structured hints such
 // as per-field validation problems.

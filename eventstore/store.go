@@ -149,7 +149,7 @@ func (s *Store) Execute(ctx context.Context, cmd Command, decide Decision) (doma
 		r, err := s.attempt(ctx, cmd, requestHash, decide)
 		if !retryable(err) {
 			s.metrics.observe(cmd.Name, start, err)
-			return r, err
+			return r, pg.MarkUnavailable(err)
 		}
 		s.metrics.conflicts.WithLabelValues(cmd.Name).Inc()
 		if attempt >= s.maxAttempts {

@@ -57,7 +57,7 @@ func Begin(ctx context.Context, pool *pgxpool.Pool, a Actor, opts pgx.TxOptions)
 	opts.BeginQuery = q
 	tx, err := pool.BeginTx(ctx, opts)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
+		return nil, MarkUnavailable(fmt.Errorf("begin: %w", err))
 	}
 	return tx, nil
 }
@@ -109,10 +109,10 @@ func InTx(ctx context.Context, pool *pgxpool.Pool, a Actor, fn func(pgx.Tx) erro
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
 	if err := fn(tx); err != nil {
-		return err
+		return MarkUnavailable(err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit: %w", err)
+		return MarkUnavailable(fmt.Errorf("commit: %w", err))
 	}
 	return nil
 }
@@ -140,7 +140,7 @@ func QueryRow(ctx context.Context, pool *pgxpool.Pool, a Actor, sql string, args
 	br := pool.SendBatch(ctx, b)
 	defer br.Close()
 	if _, err := br.Exec(); err != nil {
-		return fmt.Errorf("set role: %w", err)
+		return MarkUnavailable(fmt.Errorf("set role: %w", err))
 	}
-	return br.QueryRow().Scan(dest...)
+	return MarkUnavailable(br.QueryRow().Scan(dest...))
 }
