@@ -88,7 +88,7 @@ func publishCheckpoint(nc *nats.Conn, cp domain.Checkpoint) error {
 // ctx ends: a checkpoint at once when the head moved since the latest one,
 // then every checkpointInterval.
 func startCheckpointSigner(ctx context.Context, e *env, store *eventstore.Store, svc *ledger.Service, nc *nats.Conn, holder string, interval time.Duration) {
-	lease := store.Lease(checkpointLease, holder, 0)
+	lease := store.Lease(checkpointLease, holder, e.cfg.LeaseTTL)
 	_ = lease.Run(ctx, func(ctx context.Context) error {
 		return svc.RunSigner(ctx, ledger.SignerOptions{
 			Interval: interval,

@@ -58,5 +58,5 @@ func holderID() string {
 }
 
 func eventstoreRelayOptions(holder string, e *env, reg prometheus.Registerer) eventstore.RelayOptions {
-	return eventstore.RelayOptions{Holder: holder, Logger: e.log, Registerer: reg}
+	return eventstore.RelayOptions{Holder: holder, Logger: e.log, Registerer: reg, LeaseTTL: e.cfg.LeaseTTL}
 }

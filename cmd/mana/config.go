@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/manacore/mana/api"
+	"github.com/manacore/mana/eventstore"
 	"github.com/manacore/mana/internal/mail"
 	"github.com/manacore/mana/internal/ratelimit"
 )
@@ -52,8 +53,12 @@ type Config struct {
 
 	RefreshReuseWindow time.Duration
 	RYWTimeout         time.Duration
-	BodyLimit          int64
-	RateLimits         string
+	// LeaseTTL is how long a single-writer lease (relay, projections,
+	// workers) outlives its holder's last renewal: how long a crashed
+	// process blocks a takeover.
+	LeaseTTL   time.Duration
+	BodyLimit  int64
+	RateLimits string
 
 	RequireEmailVerification bool
 
@@ -111,6 +116,7 @@ func parseConfig(getenv func(string) string) (*Config, error) {
 
 		RefreshReuseWindow:       p.duration("REFRESH_REUSE_WINDOW", 10*time.Second),
 		RYWTimeout:               p.duration("RYW_TIMEOUT", 2*time.Second),
+		LeaseTTL:                 p.duration("LEASE_TTL", eventstore.DefaultLeaseTTL),
 		BodyLimit:                p.size("BODY_LIMIT", 1<<20),
 		RateLimits:               p.str("RATE_LIMITS", ""),
 		RequireEmailVerification: p.bool("REQUIRE_EMAIL_VERIFICATION", false),
@@ -160,6 +166,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := ratelimit.Parse(c.RateLimits); err != nil {
 		return &configError{"RATE_LIMITS", err.Error()}
+	}
+	if c.LeaseTTL < time.Second || c.LeaseTTL > 5*time.Minute {
+		return &configError{"LEASE_TTL", "want a duration from 1s to 5m"}
 	}
 	if c.DataDir == "" {
 		return &configError{"DATA_DIR", "must not be empty"}

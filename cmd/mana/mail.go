@@ -35,7 +35,7 @@ func newMailWorker(e *env, store *eventstore.Store, holder string, reg prometheu
 	if err != nil {
 		return nil, err
 	}
-	lease := store.Lease(mail.LeaseName, holder, 0)
+	lease := store.Lease(mail.LeaseName, holder, e.cfg.LeaseTTL)
 	w, err := mail.NewWorker(mail.WorkerConfig{Store: store, Mailer: mailer, Renderer: renderer, Lease: lease,
 		Logger: e.log, Registerer: reg})
 	if err != nil {

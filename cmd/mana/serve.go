@@ -109,7 +109,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	if run.projections {
 		runner, err := projections.NewRunner(projections.Config{
 			Store: store, JetStream: nc.JS, Projections: projections.All(),
-			Holder: holder, Logger: e.log, Registerer: reg,
+			Holder: holder, Logger: e.log, Registerer: reg, LeaseTTL: e.cfg.LeaseTTL,
 		})
 		if err != nil {
 			return err
@@ -172,7 +172,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return err
 		}
-		lease := store.Lease("worker:hold-expiry", holder, 0)
+		lease := store.Lease("worker:hold-expiry", holder, e.cfg.LeaseTTL)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
