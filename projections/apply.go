@@ -49,6 +49,20 @@ func newApplier(store *eventstore.Store, p Projection, lease *eventstore.Lease, 
 	return a
 }
 
+// handlesAny reports whether any of recs has a type the projection
+// handles.
+func (a *applier) handlesAny(recs []eventstore.Record) bool {
+	if a.types == nil {
+		return true
+	}
+	for _, r := range recs {
+		if a.types[r.EventType] {
+			return true
+		}
+	}
+	return false
+}
+
 // apply applies recs, which follow the cursor after in the feed without a
 // gap, in one transaction as mana_projector: it checks that this holder
 // still holds the lease, passes over the events an operator skipped and

@@ -22,7 +22,7 @@ func ApplyBatch(r *Runner, name string, from eventstore.Cursor, recs []eventstor
 		return false, false, err
 	}
 	p.cp = cp
-	p.cp.cursor = from
+	p.cp.cursor, p.stored = from, from
 	err = p.applyBatch(context.Background(), recs)
 	return errors.Is(err, errCheckpointMoved), errors.Is(err, errLeaseLost), err
 }

@@ -569,3 +569,45 @@ func TestPipelineProjectorKilledBetweenCommitAndAck(t *testing.T) {
 	total.add(p.write(t, 2, 10))
 	p.converged(t, total.events, total)
 }
+
+// TestPipelinePassesUnhandledEventsCheaply: a projection passes the events
+// it does not handle without a transaction each; their checkpoint reaches
+// the database shortly after, in a few writes rather than one per event.
+func TestPipelinePassesUnhandledEventsCheaply(t *testing.T) {
+	t.Parallel()
+	p := newPipeline(t, "pipe_pass", pipeOpts{})
+	// Count the writes of the users projection's checkpoint.
+	if _, err := p.pool.Exec(ctxT(t), `
+CREATE TABLE test_checkpoint_writes (name text NOT NULL);
+CREATE FUNCTION test_count_checkpoint_write() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN INSERT INTO test_checkpoint_writes VALUES (NEW.name); RETURN NEW; END $$;
+CREATE TRIGGER test_count_checkpoint_write AFTER UPDATE ON projection_checkpoints
+FOR EACH ROW EXECUTE FUNCTION test_count_checkpoint_write();`); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := p.newRunner(t, "node-a", p.projections(), noPollAfterStart)
+	start(t, r)
+	for _, name := range p.names() {
+		p.consumerInfo(t, name)
+	}
+
+	const n = 100
+	p.appendPackages(t, n, 1) // one command each; the users projection handles none
+	feed := p.feed(t, n)
+	last := feed[len(feed)-1].Cursor
+	for _, name := range []string{"users", "packages", p.counter.name} {
+		p.waitApplied(t, name, last)
+	}
+	p.checkApplied(t, p.counter.name, feed)
+	writes := func(name string) int {
+		return p.count(t, `SELECT count(*) FROM test_checkpoint_writes WHERE name = $1`, name)
+	}
+	users, packages := writes("users"), writes("packages")
+	t.Logf("checkpoint writes for %d events: users %d (handles none), packages %d (handles all)", n, users, packages)
+	if users > n/4 {
+		t.Errorf("the users projection wrote its checkpoint %d times for %d events it does not handle", users, n)
+	}
+	if users == 0 {
+		t.Error("the users projection never saved the checkpoint of the events it passed")
+	}
+}

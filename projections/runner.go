@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/manacore/mana/eventstore"
 	"github.com/manacore/mana/internal/natsx"
+	"github.com/manacore/mana/internal/pg"
 )
 
 // Runner defaults.
@@ -191,9 +193,21 @@ type projector struct {
 	log   *slog.Logger
 	watch *watch
 
-	cp         checkpoint    // owned by work
+	// cp is how far the projection got; stored is the checkpoint in the
+	// database. cp runs ahead of stored by events the projection does not
+	// handle, passed without a transaction and saved by savePassed shortly
+	// after: on a crash they are passed again, which changes nothing.
+	cp         checkpoint // owned by work
+	stored     eventstore.Cursor
 	retryDelay time.Duration // next poison retry delay; zero when healthy
 }
+
+// passedSaveDelay is how soon after passing events the projection does not
+// handle their checkpoint reaches the database; until then only this
+// process's waits see it (other nodes' read-your-writes waits poll the
+// database). One write per projection per interval instead of one per
+// event.
+const passedSaveDelay = 100 * time.Millisecond
 
 // work runs the projection while this process holds its lease. It returns
 // nil when ctx ends or the lease is lost; every other error is logged and
@@ -204,7 +218,7 @@ func (p *projector) work(ctx context.Context) error {
 	for {
 		cp, err := loadCheckpoint(ctx, p.r.store.Pool(), p.name)
 		if err == nil {
-			p.cp = cp
+			p.cp, p.stored = cp, cp.cursor
 			break
 		}
 		p.log.Warn("projection cannot load its checkpoint", "err", err)
@@ -219,6 +233,7 @@ func (p *projector) work(ctx context.Context) error {
 	defer sub.stop()
 	tick := time.NewTicker(p.r.poll)
 	defer tick.Stop()
+	var save <-chan time.Time // armed while passed events wait to be saved
 	infraDelay := time.Duration(0)
 	// The first round catches up from the feed before consuming, so
 	// messages meet a projection that is already at the head.
@@ -237,11 +252,23 @@ func (p *projector) work(ctx context.Context) error {
 				if target == nil {
 					continue
 				}
+			case <-save:
+				save = nil
+				if err := p.savePassed(ctx); errors.Is(err, errLeaseLost) {
+					p.log.Info("projection paused: lease lost")
+					return nil
+				} else if err != nil && ctx.Err() == nil {
+					p.log.Warn("projection cannot save its checkpoint; retrying", "err", err)
+				}
+				continue
 			case <-tick.C:
 			}
 		}
 		now = false
-		err := p.catchUp(ctx, target)
+		err := p.catchUp(ctx, target, msgs)
+		if save == nil && p.stored != p.cp.cursor {
+			save = time.After(passedSaveDelay)
+		}
 		switch {
 		case errors.Is(err, errLeaseLost):
 			p.log.Info("projection paused: lease lost")
@@ -314,14 +341,20 @@ func (p *projector) collect(m jetstream.Msg, more <-chan jetstream.Msg) ([]jetst
 }
 
 // catchUp applies the feed after the checkpoint up to target (the head of
-// the feed when nil), batch by batch. It blocks on a poison event,
+// the feed when nil), batch by batch. msgs, the messages that woke it, are
+// its first batch when they carry the events right after the checkpoint
+// without a gap; otherwise it reads the feed. It blocks on a poison event,
 // retrying it, until it applies or is skipped. It returns errLeaseLost,
 // ctx's error, or an infrastructure error.
-func (p *projector) catchUp(ctx context.Context, target *eventstore.Cursor) error {
+func (p *projector) catchUp(ctx context.Context, target *eventstore.Cursor, msgs []jetstream.Msg) error {
 	for {
-		recs, err := p.r.store.ReadFeed(ctx, p.cp.cursor, p.r.batch)
-		if err != nil {
-			return err
+		recs := p.chain(msgs)
+		msgs = nil
+		if recs == nil {
+			var err error
+			if recs, err = p.r.store.ReadFeed(ctx, p.cp.cursor, p.r.batch); err != nil {
+				return err
+			}
 		}
 		if target != nil {
 			n := 0
@@ -357,7 +390,7 @@ func (p *projector) catchUp(ctx context.Context, target *eventstore.Cursor) erro
 					return err
 				}
 				p.log.Info("projection checkpoint moved by another writer", "from", p.cp.cursor.String(), "to", cp.cursor.String())
-				p.cp = cp
+				p.cp, p.stored = cp, cp.cursor
 				p.watch.advance(cp.cursor)
 				recs = nil
 			default:
@@ -368,16 +401,24 @@ func (p *projector) catchUp(ctx context.Context, target *eventstore.Cursor) erro
 }
 
 // applyBatch applies recs and advances the checkpoint to the last of them
-// in one transaction.
+// in one transaction. A batch without an event the projection handles
+// needs no transaction: the checkpoint moves in memory, and savePassed
+// stores it.
 func (p *projector) applyBatch(ctx context.Context, recs []eventstore.Record) error {
-	old, last := p.cp.cursor, recs[len(recs)-1]
-	n, err := p.apply.apply(ctx, old, recs, func(ctx context.Context, tx pgx.Tx) error {
+	old, last := p.stored, recs[len(recs)-1]
+	if !p.apply.handlesAny(recs) {
+		p.cp = checkpoint{cursor: last.Cursor, appliedAt: last.OccurredAt}
+		p.r.metrics.checkpoint.WithLabelValues(p.name).Set(float64(last.Position))
+		p.watch.advance(last.Cursor)
+		return nil
+	}
+	n, err := p.apply.apply(ctx, p.cp.cursor, recs, func(ctx context.Context, tx pgx.Tx) error {
 		return advanceCheckpoint(ctx, tx, p.name, old, last)
 	})
 	if err != nil {
 		return err
 	}
-	p.cp = checkpoint{cursor: last.Cursor, appliedAt: last.OccurredAt}
+	p.cp, p.stored = checkpoint{cursor: last.Cursor, appliedAt: last.OccurredAt}, last.Cursor
 	p.r.metrics.applied.WithLabelValues(p.name).Add(float64(n))
 	p.r.metrics.checkpoint.WithLabelValues(p.name).Set(float64(last.Position))
 	p.watch.advance(last.Cursor)
@@ -385,6 +426,69 @@ func (p *projector) applyBatch(ctx context.Context, recs []eventstore.Record) er
 		p.r.afterCommit(p.name, last.Cursor)
 	}
 	return nil
+}
+
+// savePassed stores the checkpoint of events passed in memory, under the
+// lease, with the same compare-and-set as a batch.
+func (p *projector) savePassed(ctx context.Context) error {
+	if p.stored == p.cp.cursor {
+		return nil
+	}
+	next := eventstore.Record{Cursor: p.cp.cursor, OccurredAt: p.cp.appliedAt}
+	err := pg.InTx(ctx, p.r.store.Pool(), asProjector, func(tx pgx.Tx) error {
+		held, err := p.lease.HeldIn(ctx, tx)
+		if err != nil {
+			return fmt.Errorf("check lease: %w", err)
+		}
+		if !held {
+			return errLeaseLost
+		}
+		return advanceCheckpoint(ctx, tx, p.name, p.stored, next)
+	})
+	if errors.Is(err, errCheckpointMoved) {
+		// Another writer moved it; the next catch-up reloads it.
+		cp, lerr := loadCheckpoint(ctx, p.r.store.Pool(), p.name)
+		if lerr != nil {
+			return lerr
+		}
+		p.cp, p.stored = cp, cp.cursor
+		p.watch.advance(cp.cursor)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	p.stored = next.Cursor
+	return nil
+}
+
+// chain returns the events msgs carry when they follow the checkpoint
+// without a gap, each message's Mana-Prev-Cursor naming the one before (the
+// relay publishes the feed in order, so they are the feed's next events);
+// nil otherwise, and the caller reads the feed.
+func (p *projector) chain(msgs []jetstream.Msg) []eventstore.Record {
+	if len(msgs) == 0 {
+		return nil
+	}
+	recs := make([]eventstore.Record, 0, len(msgs))
+	at := p.cp.cursor
+	for _, m := range msgs {
+		prev, err := eventstore.ParseCursor(m.Headers().Get(eventstore.HeaderPrevCursor))
+		if err != nil || prev != at {
+			return nil
+		}
+		var line eventstore.EventLine
+		if err := json.Unmarshal(m.Data(), &line); err != nil {
+			return nil
+		}
+		rec, err := line.Record()
+		if err != nil || !at.Less(rec.Cursor) {
+			return nil
+		}
+		recs = append(recs, rec)
+		at = rec.Cursor
+	}
+	return recs
 }
 
 // recordFailure records a failed attempt at a poison event and grows the
