@@ -75,16 +75,12 @@ func (a *applier) handlesAny(recs []eventstore.Record) bool {
 func (a *applier) apply(ctx context.Context, after eventstore.Cursor, recs []eventstore.Record,
 	finish func(ctx context.Context, tx pgx.Tx) error) (int, error) {
 	last := recs[len(recs)-1].Cursor
-	skips, err := loadSkips(ctx, a.store.Pool(), a.proj.Name(), after, last)
-	if err != nil {
-		return 0, err
-	}
 	var (
 		todo []eventstore.Record
 		idx  []int
 	)
 	for i, r := range recs {
-		if skips[r.Cursor] || (a.types != nil && !a.types[r.EventType]) {
+		if a.types != nil && !a.types[r.EventType] {
 			continue
 		}
 		todo = append(todo, r)
@@ -92,7 +88,7 @@ func (a *applier) apply(ctx context.Context, after eventstore.Cursor, recs []eve
 	}
 	// Decoding opens personal fields in its own short transaction; doing
 	// it before this batch's transaction keeps one connection per batch.
-	decoded, err := a.decode(ctx, todo, idx)
+	decoded, idx, err := a.decode(ctx, after, todo, idx)
 	if err != nil {
 		return 0, err
 	}
@@ -109,14 +105,25 @@ func (a *applier) apply(ctx context.Context, after eventstore.Cursor, recs []eve
 	if !held {
 		return 0, errLeaseLost
 	}
+	// Skips are read in the batch's transaction: one more statement, not
+	// one more transaction, per batch.
+	skips, err := loadSkipsIn(ctx, tx, a.proj.Name(), after, last)
+	if err != nil {
+		return 0, err
+	}
 	w := &Writer{Tx: tx, tables: a.tables}
+	applied := 0
 	for i, ev := range decoded {
+		if skips[ev.Cursor] {
+			continue
+		}
 		if err := safeApply(ctx, a.proj, w, ev); err != nil {
 			if ctx.Err() != nil {
 				return 0, ctx.Err()
 			}
 			return 0, &poisonError{index: idx[i], rec: ev.Record, err: err}
 		}
+		applied++
 	}
 	if finish != nil {
 		if err := finish(ctx, tx); err != nil {
@@ -126,35 +133,46 @@ func (a *applier) apply(ctx context.Context, after eventstore.Cursor, recs []eve
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit: %w", err)
 	}
-	return len(decoded), nil
+	return applied, nil
 }
 
-// decode decodes recs (at batch indexes idx). When the batch fails to
-// decode it decodes one event at a time to find the culprit, which becomes
-// a poison event; the events before it decode on their own.
-func (a *applier) decode(ctx context.Context, recs []eventstore.Record, idx []int) ([]eventstore.Decoded, error) {
+// decode decodes recs (at batch indexes idx, following the cursor after)
+// and returns them with their batch indexes. When the batch fails to
+// decode it decodes one event at a time to find the culprit: an event an
+// operator skipped is left out (it is never applied), any other becomes a
+// poison event; the events before it decode on their own.
+func (a *applier) decode(ctx context.Context, after eventstore.Cursor, recs []eventstore.Record, idx []int) ([]eventstore.Decoded, []int, error) {
 	if len(recs) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	out, err := a.store.Decode(ctx, recs)
 	if err == nil {
-		return out, nil
+		return out, idx, nil
 	}
 	if ctx.Err() != nil {
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
+	}
+	skips, err := loadSkips(ctx, a.store.Pool(), a.proj.Name(), after, recs[len(recs)-1].Cursor)
+	if err != nil {
+		return nil, nil, err
 	}
 	out = out[:0]
+	var kept []int
 	for i, r := range recs {
+		if skips[r.Cursor] {
+			continue
+		}
 		d, err := a.store.Decode(ctx, recs[i:i+1])
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return nil, nil, ctx.Err()
 			}
-			return nil, &poisonError{index: idx[i], rec: r, err: fmt.Errorf("decode: %w", err)}
+			return nil, nil, &poisonError{index: idx[i], rec: r, err: fmt.Errorf("decode: %w", err)}
 		}
 		out = append(out, d[0])
+		kept = append(kept, idx[i])
 	}
-	return out, nil
+	return out, kept, nil
 }
 
 // safeApply runs Apply, turning a panic into an error so a bad event halts

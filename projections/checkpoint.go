@@ -106,23 +106,31 @@ WHERE name = $1 AND (tx_id, position) = ($2::xid8, $3::bigint)`,
 }
 
 // loadSkips returns the cursors in (after, upTo] an operator skipped for
-// name.
+// name, in a transaction of its own.
 func loadSkips(ctx context.Context, pool *pgxpool.Pool, name string, after, upTo eventstore.Cursor) (map[eventstore.Cursor]bool, error) {
-	skips := map[eventstore.Cursor]bool{}
+	var skips map[eventstore.Cursor]bool
 	err := pg.InTx(ctx, pool, asProjector, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT tx_id, position FROM projection_failures
+		var err error
+		skips, err = loadSkipsIn(ctx, tx, name, after, upTo)
+		return err
+	})
+	return skips, err
+}
+
+// loadSkipsIn is loadSkips in tx.
+func loadSkipsIn(ctx context.Context, tx pgx.Tx, name string, after, upTo eventstore.Cursor) (map[eventstore.Cursor]bool, error) {
+	skips := map[eventstore.Cursor]bool{}
+	rows, err := tx.Query(ctx, `SELECT tx_id, position FROM projection_failures
 WHERE name = $1 AND resolution = 'skipped'
   AND (tx_id, position) > ($2::xid8, $3::bigint) AND (tx_id, position) <= ($4::xid8, $5::bigint)`,
-			name, after.TxID, after.Position, upTo.TxID, upTo.Position)
-		if err != nil {
-			return err
-		}
-		var c eventstore.Cursor
-		_, err = pgx.ForEachRow(rows, []any{&c.TxID, &c.Position}, func() error {
-			skips[c] = true
-			return nil
-		})
-		return err
+		name, after.TxID, after.Position, upTo.TxID, upTo.Position)
+	if err != nil {
+		return nil, fmt.Errorf("load skips of %s: %w", name, err)
+	}
+	var c eventstore.Cursor
+	_, err = pgx.ForEachRow(rows, []any{&c.TxID, &c.Position}, func() error {
+		skips[c] = true
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load skips of %s: %w", name, err)

@@ -373,6 +373,11 @@ func (p *projector) catchUp(ctx context.Context, target *eventstore.Cursor, msgs
 			case err == nil:
 				p.retryDelay = 0
 				recs = nil
+				if target != nil && !p.cp.cursor.Less(*target) {
+					// Reached what the messages named: no feed read
+					// to find that nothing follows.
+					return nil
+				}
 			case errors.As(err, &poison) && poison.index > 0:
 				// Commit what comes before the poison event first; the
 				// event's own retry comes right after.
