@@ -199,6 +199,10 @@ func (tx *Tx) Load(ctx context.Context, streamType, streamID string, afterVersio
 // Decode decodes stored records, opening personal fields with their
 // subjects' keys; the fields of erased subjects decode as zero values.
 func (s *Store) Decode(ctx context.Context, recs []Record) ([]Decoded, error) {
+	if s.keys == nil || len(piiSubjects(recs)) == 0 {
+		// Nothing sealed: no keys to load, no transaction.
+		return decodeAll(ctx, nil, nil, recs)
+	}
 	var out []Decoded
 	err := pg.InTx(ctx, s.pool, pg.Actor{Role: pg.RoleApp, Scope: pg.ScopeSystem}, func(ptx pgx.Tx) error {
 		var err error
