@@ -21,8 +21,13 @@ MAILPIT_STAMP := $(BIN)/.mailpit-$(MAILPIT_VERSION)
 # the PgBouncer tests start their own (internal/pgtest/pgbouncer.go).
 DEB_CMDS := psql:postgresql-client /usr/lib/postgresql/15/bin/initdb:postgresql-15 pgbench:postgresql-contrib /usr/sbin/pgbouncer:pgbouncer redis-server:redis-server
 TEST_TIMEOUT ?= 15m
+# `make fuzz` runs each fuzz target for FUZZTIME, one after another: about
+# FUZZTIME times the number of targets, plus building (.ci/fuzz.sh). A
+# target that outlives FUZZ_TIMEOUT fails; raise it along with FUZZTIME.
+FUZZTIME ?= 15s
+FUZZ_TIMEOUT ?= 10m
 
-.PHONY: FORCE all run build deps test test-race compose-check verify generate fmt vet bench clean
+.PHONY: FORCE all run build deps test test-race fuzz compose-check verify generate fmt vet bench clean
 
 all: build
 
@@ -85,6 +90,14 @@ compose-check:
 test-race: deps
 	bash .ci/services.sh
 	$(GO) test -race -count=1 -timeout 30m ./...
+
+## fuzz: every fuzz target for FUZZTIME (15s) each, one after another,
+## against the same services as the tests (.ci/fuzz.sh); fails when any
+## target fails, leaving the failing input in its package's testdata/fuzz.
+## Plain `make test` runs the committed seed corpora.
+fuzz: deps
+	bash .ci/services.sh
+	GO="$(GO)" FUZZTIME="$(FUZZTIME)" FUZZ_TIMEOUT="$(FUZZ_TIMEOUT)" bash .ci/fuzz.sh
 
 ## generate: regenerate sqlc code from sql/queries
 generate: $(SQLC)

@@ -48,7 +48,9 @@ func Bind(c *echo.Context, v any) error {
 		return invalid("The request body could not be read.")
 	}
 
-	data = bytes.TrimSpace(data)
+	// JSON whitespace only: bytes.TrimSpace would also drop \v, \f and
+	// Unicode spaces, which JSON does not allow around a value.
+	data = bytes.Trim(data, " \t\r\n")
 	switch {
 	case len(data) == 0:
 		return invalid("The request body is empty; a JSON object is expected.")

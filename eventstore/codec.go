@@ -195,12 +195,25 @@ func decodeRecord(r Record, keys map[uuid.UUID]keyring.DataKey) (domain.Event, e
 	if err := unmarshalNumbers(r.Payload, &fields); err != nil {
 		return nil, fmt.Errorf("decode %s: %w", r.EventID, err)
 	}
-	for name, v := range fields {
-		opened, err := openField(v, r.EventID, name, keys)
-		if err != nil {
-			return nil, fmt.Errorf("decode %s: %w", r.EventID, err)
+	if fields == nil {
+		// A JSON null: the upcasters and the sealed fields need an object.
+		return nil, fmt.Errorf("decode %s: payload is not a JSON object", r.EventID)
+	}
+	// Only the fields the type declares personal are sealed. Any other
+	// value is plain, even one that looks sealed (a device id a client
+	// chose, say), and must not be opened.
+	if pd, ok := ev.(domain.PersonalData); ok {
+		for _, name := range pd.PersonalFields() {
+			v, present := fields[name]
+			if !present {
+				continue
+			}
+			opened, err := openField(v, r.EventID, name, keys)
+			if err != nil {
+				return nil, fmt.Errorf("decode %s: %w", r.EventID, err)
+			}
+			fields[name] = opened
 		}
-		fields[name] = opened
 	}
 	for v := r.SchemaVersion; v < ev.SchemaVersion(); v++ {
 		up, ok := upcasters[fmt.Sprintf("%s@%d", r.EventType, v)]
