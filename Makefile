@@ -19,7 +19,8 @@ MAILPIT_STAMP := $(BIN)/.mailpit-$(MAILPIT_VERSION)
 # Debian packages the tests need, by the command that proves each is there.
 # pgbouncer (1.18 on Debian 12) is in /usr/sbin, often not on a user's PATH;
 # the PgBouncer tests start their own (internal/pgtest/pgbouncer.go).
-DEB_CMDS := psql:postgresql-client /usr/lib/postgresql/15/bin/initdb:postgresql-15 pgbench:postgresql-contrib /usr/sbin/pgbouncer:pgbouncer redis-server:redis-server
+# chromium (headless) drives the web console's browser test.
+DEB_CMDS := psql:postgresql-client /usr/lib/postgresql/15/bin/initdb:postgresql-15 pgbench:postgresql-contrib /usr/sbin/pgbouncer:pgbouncer redis-server:redis-server /usr/bin/chromium:chromium
 TEST_TIMEOUT ?= 15m
 # `make fuzz` runs each fuzz target for FUZZTIME, one after another: about
 # FUZZTIME times the number of targets, plus building (.ci/fuzz.sh). A

@@ -41,6 +41,9 @@ type authServer struct {
 	vars map[string]string
 	c    *apitest.Client
 	log  *logWriter
+	// base is the server's address, for clients other than c (a
+	// browser); set by startServe.
+	base *url.URL
 
 	// seen collects every email, password and token the test sent or
 	// received, for the final check that none of them reached the log.

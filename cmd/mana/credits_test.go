@@ -143,6 +143,7 @@ func startServe(t *testing.T, extra map[string]string, args ...string) *authServ
 	}
 	target := &url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", port)}
 	s.c = apitest.New(t, &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }})
+	s.base = target
 	return s
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/manacore/mana/api"
+	"github.com/manacore/mana/api/console"
 	"github.com/manacore/mana/internal/ledger"
 	"github.com/manacore/mana/internal/natsx"
 	"github.com/manacore/mana/internal/pg"
@@ -166,6 +167,13 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		srv.SetCatalog(catalogAPI{cat}, idsvc)
 		srv.SetLedger(checkpoints, idsvc)
 		srv.SetEvents(eventLogAPI{store: store}, idsvc)
+		if err := mountConsole(e, srv, console.Config{
+			Identity: idsvc, Credits: cs, Recovery: idsvc, TwoFactor: idsvc, Purchases: ps,
+			Checkpoints: checkpoints, Events: consoleEvents{store: store},
+			Operations: consoleOperations{pool: pool, store: store},
+		}); err != nil {
+			return err
+		}
 	}
 	if run.workers {
 		cs, err := newCredits(e, store, nil)
