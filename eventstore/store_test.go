@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -55,6 +56,56 @@ func TestEventsAreAppendOnlyEvenForTheConnectionUser(t *testing.T) {
 	}
 	if n := e.count(t, "SELECT count(*) FROM events WHERE payload <> '{}'"); n == 0 {
 		t.Fatal("events were changed")
+	}
+}
+
+// TestEventCursorGuard: an event's tx_id and position are the database's to
+// assign. The service's own role (and the connection user) cannot insert
+// an event with an old tx_id, which would sort before cursors readers have
+// passed, nor with a position of its choosing; an ordinary append, a
+// multi-row one included, still works.
+func TestEventCursorGuard(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	recs, err := e.appendOne(t, "package", uuid.NewString(), 0, pkg("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := recs[0].Cursor
+	insert := func(columns, values string) string {
+		return `INSERT INTO events (` + columns + `event_id, stream_type, stream_id, stream_version, event_type,
+			schema_version, occurred_at, metadata, payload, prev_hash, hash) OVERRIDING SYSTEM VALUE
+			VALUES (` + values + `gen_random_uuid(), 'package', gen_random_uuid()::text, 1, 'package.created', 1, now(), '{}', '{}',
+			decode(repeat('00', 32), 'hex'), decode(repeat('11', 32), 'hex'))`
+	}
+	forged := map[string]string{
+		"an old tx_id":              insert("tx_id, ", fmt.Sprintf("'%d'::xid8, ", old.TxID)),
+		"an old tx_id and position": insert("tx_id, position, ", fmt.Sprintf("'%d'::xid8, %d, ", old.TxID, old.Position-1)),
+		"a position ahead":          insert("position, ", "(SELECT max(position) + 1000 FROM events), "),
+	}
+	for what, stmt := range forged {
+		for _, role := range []pg.Role{pg.RoleApp, ""} {
+			var err error
+			if role == "" {
+				_, err = e.pool.Exec(ctxT(t), stmt)
+			} else {
+				err = pg.InTx(ctxT(t), e.pool, pg.Actor{Role: role, Scope: pg.ScopeSystem}, func(tx pgx.Tx) error {
+					_, err := tx.Exec(ctxT(t), stmt)
+					return err
+				})
+			}
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || (pgErr.Code != "42501" && pgErr.Code != "55000") {
+				t.Errorf("event with %s as %q: err = %v, want refused", what, role, err)
+			}
+		}
+	}
+	if n := e.count(t, "SELECT count(*) FROM events"); n != 1 {
+		t.Errorf("events holds %d rows after the forgeries, want the 1 appended", n)
+	}
+	// Ordinary appends, several rows in one statement, pass the guard.
+	if _, err := e.appendOne(t, "package", uuid.NewString(), 0, pkg("b"), pkg("c"), pkg("d")); err != nil {
+		t.Fatalf("append after the guard: %v", err)
 	}
 }
 

@@ -208,8 +208,8 @@ func rehashFrom(ctx context.Context, tx pgx.Tx, streamType, streamID string, fro
 }
 
 // TestLedgerTamperMatrix tampers with a signed ledger in every way a
-// superuser (or, for the backdated insert, the service's own role) can, one
-// kind per fresh database, and checks what catches it:
+// superuser can (disabling the guard triggers), one kind per fresh
+// database, and checks what catches it:
 //
 //   - `ledger verify --checkpoint latest` exits 1 naming the problem for
 //     every kind (the plain checks run first, so it names theirs when they
@@ -353,9 +353,9 @@ func TestLedgerTamperMatrix(t *testing.T) {
 				// A well-formed version 4 of the Plus package, chained to
 				// version 3, given the tx_id of the first event and an
 				// unused position: it sorts before the checkpoint's cursor.
-				// The triggers do not guard INSERT, and tx_id and position
-				// are only defaults: the service's own role can do this.
-				if _, err := tx.Exec(ctx, "SET LOCAL ROLE mana_app"); err != nil {
+				// Only a superuser who disables the cursor guard can
+				// (TestEventCursorGuard: the service's roles cannot).
+				if _, err := tx.Exec(ctx, "ALTER TABLE events DISABLE TRIGGER events_guard_cursor"); err != nil {
 					return "", err
 				}
 				head, err := streamEvent(ctx, tx, domain.StreamPackage, l.plus, 3)
@@ -377,7 +377,7 @@ func TestLedgerTamperMatrix(t *testing.T) {
 				if err != nil {
 					return "", err
 				}
-				_, err = tx.Exec(ctx, "RESET ROLE")
+				_, err = tx.Exec(ctx, "ALTER TABLE events ENABLE TRIGGER events_guard_cursor")
 				return "", err
 			},
 			checkpoint: resized,
