@@ -28,6 +28,11 @@ const (
 	// the fold of its account's credit events up to the projection's
 	// checkpoint.
 	CheckBalances = "balances"
+	// CheckAccounts checks that every credit account's write-side row
+	// (credit_accounts: the state commands decide on) equals the fold of all
+	// its account's credit events: buckets, totals, day of the last daily
+	// grant, version and head hash.
+	CheckAccounts = "accounts"
 )
 
 // BalancesProjection is the projection (and read model table) whose rows
@@ -49,7 +54,8 @@ type Discrepancy struct {
 // Error implements error: "<check>: FAILED at cursor <cursor> after <n>
 // good <items>: <reason>".
 func (d *Discrepancy) Error() string {
-	unit := map[string]string{CheckChains: "events", CheckPostings: "credit events", CheckBalances: "accounts"}[d.Check]
+	unit := map[string]string{CheckChains: "events", CheckPostings: "credit events", CheckBalances: "accounts",
+		CheckAccounts: "accounts"}[d.Check]
 	return fmt.Sprintf("%s: FAILED at cursor %s after %d good %s: %s", d.Check, d.Cursor, d.Good, unit, d.Reason)
 }
 
@@ -65,6 +71,9 @@ type LedgerReport struct {
 	// the balances projection's Checkpoint.
 	Accounts   int64
 	Checkpoint Cursor
+	// WriteSide is the number of credit_accounts rows that equal their
+	// fold.
+	WriteSide int64
 }
 
 // Line returns the one-line verdict of a passed check, as `mana ledger
@@ -77,6 +86,8 @@ func (r LedgerReport) Line(check string) string {
 		return fmt.Sprintf("postings: ok (%d credit events, trial balance %s)", r.CreditEvents, r.TrialBalance)
 	case CheckBalances:
 		return fmt.Sprintf("balances: ok (%d accounts at checkpoint %s)", r.Accounts, r.Checkpoint)
+	case CheckAccounts:
+		return fmt.Sprintf("accounts: ok (%d write-side accounts)", r.WriteSide)
 	}
 	return check + ": ok"
 }
@@ -118,7 +129,13 @@ var ledgerBeginQuery = fmt.Sprintf("BEGIN ISOLATION LEVEL REPEATABLE READ READ O
 //     domain.Account.Apply of its account's credit events up to the balances
 //     projection's checkpoint; an account erased by then has no row, and
 //     every other account with credit events by then (payments to
-//     system:unclaimed aside) has one.
+//     system:unclaimed aside) has one;
+//  4. accounts: every row of credit_accounts, the write-side state the
+//     credit commands lock and decide on, equals the fold of all its
+//     account's credit events (buckets, totals, the day of the last daily
+//     grant, the version and, when the row keeps it, the head hash). Rows
+//     open lazily on an account's first command and go with its erasure,
+//     so an account's stream may have no row.
 //
 // Events are read in keyset pages and balances rows in pages of users, so
 // memory stays constant whatever the ledger's size. It returns the report,
@@ -143,6 +160,7 @@ func (s *Store) VerifyLedger(ctx context.Context, opts VerifyOptions) (LedgerRep
 		{CheckChains, v.chains},
 		{CheckPostings, v.postings},
 		{CheckBalances, v.balances},
+		{CheckAccounts, v.accounts},
 	} {
 		d, err := c.run(ctx)
 		if err != nil {
@@ -374,9 +392,57 @@ type balanceRow struct {
 
 // accountFold is the fold of one account's credit events.
 type accountFold struct {
-	acct   domain.Account
-	events int64
-	last   Cursor
+	acct    domain.Account
+	events  int64
+	last    Cursor
+	version int64  // the newest event's stream version
+	head    []byte // and its hash
+}
+
+// fold folds the credit events of the accounts ids (keys of folds) into
+// folds, in one streamed query: all of them, or those up to upTo when it is
+// set. The postings check decoded every credit event of this snapshot and
+// found it in its account's stream.
+func (v *ledgerVerifier) fold(ctx context.Context, folds map[uuid.UUID]*accountFold, ids []string, upTo *Cursor) error {
+	end := Cursor{TxID: 1<<63 - 1, Position: 1<<63 - 1}
+	if upTo != nil {
+		end = *upTo
+	}
+	rows, err := v.tx.Query(ctx, `SELECT `+eventColumns+`
+FROM events
+WHERE stream_type = $1 AND stream_id = ANY($2::text[]) AND event_type LIKE 'credit.%'
+  AND (tx_id, position) <= ($3::xid8, $4::bigint)`, domain.StreamCreditAccount, ids, end.TxID, end.Position)
+	if err != nil {
+		return fmt.Errorf("read credit events: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		r, err := scanRecord(rows)
+		if err != nil {
+			return fmt.Errorf("read credit events: %w", err)
+		}
+		ev, err := decodeRecord(r, nil)
+		if err != nil {
+			return err
+		}
+		ce, ok := ev.(domain.CreditEvent)
+		if !ok || ce.Account().String() != r.StreamID {
+			return fmt.Errorf("event %s at %s is not a credit event of account %s", r.EventID, r.Cursor, r.StreamID)
+		}
+		f := folds[ce.Account()]
+		f.acct.Apply(ce)
+		f.events++
+		if f.last.Less(r.Cursor) {
+			f.last = r.Cursor
+		}
+		if r.StreamVersion > f.version {
+			f.version, f.head = r.StreamVersion, r.Hash
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read credit events: %w", err)
+	}
+	return nil
 }
 
 func (v *ledgerVerifier) balances(ctx context.Context) (*Discrepancy, error) {
@@ -471,41 +537,8 @@ WHERE stream_type = $1 AND stream_id = ANY($2::text[]) AND event_type = 'user.er
 	if err != nil {
 		return nil, fmt.Errorf("read erasures: %w", err)
 	}
-	rows, err = v.tx.Query(ctx, `SELECT `+eventColumns+`
-FROM events
-WHERE stream_type = $1 AND stream_id = ANY($2::text[]) AND event_type LIKE 'credit.%'
-  AND (tx_id, position) <= ($3::xid8, $4::bigint)`, domain.StreamCreditAccount, ids, cp.TxID, cp.Position)
-	if err != nil {
-		return nil, fmt.Errorf("read credit events: %w", err)
-	}
-	for rows.Next() {
-		r, err := scanRecord(rows)
-		if err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("read credit events: %w", err)
-		}
-		// The postings check decoded every credit event of this snapshot
-		// and found it in its account's stream.
-		ev, err := decodeRecord(r, nil)
-		if err != nil {
-			rows.Close()
-			return nil, err
-		}
-		ce, ok := ev.(domain.CreditEvent)
-		if !ok || ce.Account().String() != r.StreamID {
-			rows.Close()
-			return nil, fmt.Errorf("event %s at %s is not a credit event of account %s", r.EventID, r.Cursor, r.StreamID)
-		}
-		f := folds[ce.Account()]
-		f.acct.Apply(ce)
-		f.events++
-		if f.last.Less(r.Cursor) {
-			f.last = r.Cursor
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read credit events: %w", err)
+	if err := v.fold(ctx, folds, ids, &cp); err != nil {
+		return nil, err
 	}
 	for _, b := range page {
 		fail := func(at Cursor, reason string) *Discrepancy {
@@ -563,4 +596,90 @@ WHERE f.name = $1 AND f.resolution = 'skipped' AND e.stream_type = $2 AND e.stre
 		return 0, fmt.Errorf("read skipped events: %w", err)
 	}
 	return n, nil
+}
+
+// accountRow is one row of credit_accounts.
+type accountRow struct {
+	user                                      uuid.UUID
+	version                                   int64
+	free, paid, held, totalEarned, totalSpent int64
+	lastDailyGrant                            string
+	head                                      []byte
+}
+
+func (v *ledgerVerifier) accounts(ctx context.Context) (*Discrepancy, error) {
+	var after uuid.UUID
+	for {
+		rows, err := v.tx.Query(ctx, `SELECT user_id, version, free, paid, held, total_earned, total_spent, last_daily_grant, last_hash
+FROM credit_accounts WHERE user_id > $1 ORDER BY user_id LIMIT $2`, after, v.page)
+		if err != nil {
+			return nil, fmt.Errorf("read credit accounts: %w", err)
+		}
+		page, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (accountRow, error) {
+			var a accountRow
+			err := row.Scan(&a.user, &a.version, &a.free, &a.paid, &a.held, &a.totalEarned, &a.totalSpent, &a.lastDailyGrant, &a.head)
+			return a, err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("read credit accounts: %w", err)
+		}
+		if len(page) > 0 {
+			if d, err := v.accountPage(ctx, page); d != nil || err != nil {
+				return d, err
+			}
+			after = page[len(page)-1].user
+		}
+		if len(page) < v.page {
+			return nil, nil
+		}
+	}
+}
+
+// accountPage compares one page of credit_accounts rows with the fold of
+// all their accounts' credit events.
+func (v *ledgerVerifier) accountPage(ctx context.Context, page []accountRow) (*Discrepancy, error) {
+	ids := make([]string, len(page))
+	folds := make(map[uuid.UUID]*accountFold, len(page))
+	for i, a := range page {
+		ids[i] = a.user.String()
+		folds[a.user] = &accountFold{acct: domain.Account{UserID: a.user}}
+	}
+	if err := v.fold(ctx, folds, ids, nil); err != nil {
+		return nil, err
+	}
+	for _, a := range page {
+		f := folds[a.user]
+		var diffs []string
+		for _, c := range []struct {
+			name      string
+			row, fold int64
+		}{
+			{"version", a.version, f.version},
+			{"free", a.free, f.acct.Free},
+			{"paid", a.paid, f.acct.Paid},
+			{"held", a.held, f.acct.Held},
+			{"total_earned", a.totalEarned, f.acct.TotalEarned},
+			{"total_spent", a.totalSpent, f.acct.TotalSpent},
+		} {
+			if c.row != c.fold {
+				diffs = append(diffs, fmt.Sprintf("%s is %d in credit_accounts, %d by the fold", c.name, c.row, c.fold))
+			}
+		}
+		if a.lastDailyGrant != f.acct.LastDailyGrant {
+			diffs = append(diffs, fmt.Sprintf("last_daily_grant is %q in credit_accounts, %q by the fold", a.lastDailyGrant, f.acct.LastDailyGrant))
+		}
+		if a.head != nil && !bytes.Equal(a.head, f.head) {
+			diffs = append(diffs, "last_hash is not the hash of the stream's newest event")
+		}
+		if len(diffs) > 0 {
+			at := f.last
+			if f.events == 0 {
+				at = Cursor{}
+			}
+			return &Discrepancy{Check: CheckAccounts, Cursor: at, Good: v.report.WriteSide,
+				Reason: fmt.Sprintf("user %s: %s of its %d credit events", a.user, strings.Join(diffs, ", "), f.events)}, nil
+		}
+		v.report.WriteSide++
+	}
+	return nil, nil
 }

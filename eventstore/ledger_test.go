@@ -175,13 +175,14 @@ func TestVerifyLedgerPassesACleanLedger(t *testing.T) {
 		if r != want {
 			t.Errorf("page %d: report %+v, want %+v", page, r, want)
 		}
-		if !slices.Equal(passed, []string{eventstore.CheckChains, eventstore.CheckPostings, eventstore.CheckBalances}) {
+		if !slices.Equal(passed, []string{eventstore.CheckChains, eventstore.CheckPostings, eventstore.CheckBalances, eventstore.CheckAccounts}) {
 			t.Errorf("page %d: passed %v", page, passed)
 		}
 		for check, line := range map[string]string{
 			eventstore.CheckChains:   "hash chains: ok (" + itoa(all) + " events)",
 			eventstore.CheckPostings: "postings: ok (" + itoa(int64(len(f.events))) + " credit events, trial balance 0)",
 			eventstore.CheckBalances: "balances: ok (2 accounts at checkpoint " + checkpoint.String() + ")",
+			eventstore.CheckAccounts: "accounts: ok (0 write-side accounts)",
 		} {
 			if got := r.Line(check); got != line {
 				t.Errorf("Line(%s) = %q, want %q", check, got, line)
@@ -533,5 +534,53 @@ FROM ledger_entries ORDER BY tx_id, position, leg`)
 				t.Errorf("%s as %s: err %v, want 42501", q, role, err)
 			}
 		}
+	}
+}
+
+// TestVerifyLedgerChecksWriteSideAccounts: the credit_accounts rows the
+// commands decide on must equal the fold of all their account's events;
+// each column changed behind the events' back is caught.
+func TestVerifyLedgerChecksWriteSideAccounts(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, change, reason string
+	}{
+		{"bucket moved", "paid = paid + 7, total_earned = total_earned + 7", "paid is"},
+		{"version", "version = version - 1", "version is"},
+		{"head hash", "last_hash = decode(repeat('ab', 32), 'hex')", "last_hash is not the hash"},
+		{"daily grant day", "last_daily_grant = '1999-01-01'", "last_daily_grant is"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			f := newLedgerFixture(e)
+			a, b := f.standard(t)
+			rebuildBalances(t, e, f.events[len(f.events)-1].rec.Cursor)
+			// The rows the credit commands would have written.
+			for _, u := range []uuid.UUID{a, b} {
+				acct := f.accts[u]
+				exec(t, e, `INSERT INTO credit_accounts (user_id, version, free, paid, held, total_earned, total_spent, created_at, last_daily_grant, last_hash)
+SELECT $1::uuid, stream_version, $2, $3, $4, $5, $6, now(), $7, hash FROM events
+WHERE stream_type = 'credit_account' AND stream_id = $1::uuid::text ORDER BY stream_version DESC LIMIT 1`,
+					u, acct.Free, acct.Paid, acct.Held, acct.TotalEarned, acct.TotalSpent, acct.LastDailyGrant)
+			}
+			r, d, _ := verify(t, e, 1)
+			if d != nil || r.WriteSide != 2 {
+				t.Fatalf("before tampering: %v, %d write-side accounts checked, want 2", d, r.WriteSide)
+			}
+			exec(t, e, "UPDATE credit_accounts SET "+tc.change+" WHERE user_id = $1", b)
+			for _, page := range []int{0, 1} {
+				_, d, passed := verify(t, e, page)
+				if d == nil {
+					t.Fatalf("page %d: verify passed a changed credit_accounts row", page)
+				}
+				if d.Check != eventstore.CheckAccounts || d.Cursor != f.last(b) || !strings.Contains(d.Reason, b.String()) || !strings.Contains(d.Reason, tc.reason) {
+					t.Errorf("page %d: discrepancy %+v, want accounts at %s naming %s and %q", page, d, f.last(b), b, tc.reason)
+				}
+				if !slices.Equal(passed, []string{eventstore.CheckChains, eventstore.CheckPostings, eventstore.CheckBalances}) {
+					t.Errorf("page %d: passed %v", page, passed)
+				}
+			}
+		})
 	}
 }

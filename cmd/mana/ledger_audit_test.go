@@ -113,7 +113,8 @@ func TestLedgerVerifyAllChecks(t *testing.T) {
 	}
 	chainsOK := fmt.Sprintf("hash chains: ok (%d events)\n", events)
 	postingsOK := fmt.Sprintf("postings: ok (%d credit events, trial balance 0)\n", credit)
-	clean := chainsOK + postingsOK + "balances: ok (2 accounts at checkpoint " + last.String() + ")\n"
+	clean := chainsOK + postingsOK + "balances: ok (2 accounts at checkpoint " + last.String() + ")\n" +
+		"accounts: ok (0 write-side accounts)\n"
 
 	res := runCmd(t, vars, "ledger", "verify")
 	if res.code != 0 || res.stdout != clean || res.stderr != "" {

@@ -20,7 +20,8 @@ func TestLedgerVerify(t *testing.T) {
 	}
 
 	res := runCmd(t, vars, "ledger", "verify")
-	const seeded = "hash chains: ok (4 events)\npostings: ok (0 credit events, trial balance 0)\nbalances: ok (0 accounts at checkpoint 0-0)\n"
+	const seeded = "hash chains: ok (4 events)\npostings: ok (0 credit events, trial balance 0)\nbalances: ok (0 accounts at checkpoint 0-0)\n" +
+		"accounts: ok (0 write-side accounts)\n"
 	if res.code != 0 || res.stdout != seeded || res.stderr != "" {
 		t.Fatalf("ledger verify on a seeded database = %d, stdout %q, stderr %q; want 0 and %q",
 			res.code, res.stdout, res.stderr, seeded)

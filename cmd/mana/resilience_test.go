@@ -475,8 +475,11 @@ func (e *resilienceEnv) checkLedger(t *testing.T, l *spendLoad) {
 		}
 		return used == total && listed == want
 	})
-	if r := runCmd(t, e.vars, "ledger", "verify"); r.code != 0 {
-		t.Errorf("ledger verify = %d\n%s%s", r.code, r.stdout, r.stderr)
+	// Including the write-side rows the commands decided on: each user's
+	// credit_accounts row equals the fold of its events.
+	r := runCmd(t, e.vars, "ledger", "verify")
+	if want := fmt.Sprintf("accounts: ok (%d write-side accounts)", len(l.users)); r.code != 0 || !strings.Contains(r.stdout, want) {
+		t.Errorf("ledger verify = %d, want 0 and %q\n%s%s", r.code, want, r.stdout, r.stderr)
 	}
 }
 
