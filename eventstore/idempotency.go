@@ -71,26 +71,15 @@ func (tx *Tx) reserveIdempotency(ctx context.Context, idem *Idempotency, request
 	}, nil
 }
 
-func (tx *Tx) completeIdempotency(ctx context.Context, idem *Idempotency, r domain.Receipt) error {
+// completeIdempotency queues, for the batch sent before the commit, the
+// storing of r under the reserved key, or, when r is an error, the release
+// of the reservation: errors are never stored for replay, though the
+// command commits what it recorded (an expiry, a revocation).
+func (tx *Tx) completeIdempotency(idem *Idempotency, r domain.Receipt) {
 	if r.Status >= 400 {
-		// The command commits what it recorded (an expiry, a revocation)
-		// but answers an error; errors are never stored for replay.
-		err := tx.q.IdempotencyRelease(ctx, db.IdempotencyReleaseParams{
-			Subject: idem.Subject, Principal: idem.Principal, Operation: tx.cmd.Name, Key: idem.Key,
-		})
-		if err != nil {
-			return fmt.Errorf("release idempotency key: %w", err)
-		}
-		return nil
+		tx.Queue(db.IdempotencyReleaseSQL, idem.Subject, idem.Principal, tx.cmd.Name, idem.Key)
+		return
 	}
-	err := tx.q.IdempotencyComplete(ctx, db.IdempotencyCompleteParams{
-		Subject: idem.Subject, Principal: idem.Principal, Operation: tx.cmd.Name, Key: idem.Key,
-		Status:   int32(r.Status),
-		Response: r.Body,
-		Position: pgtype.Text{String: r.Position, Valid: r.Position != ""},
-	})
-	if err != nil {
-		return fmt.Errorf("store idempotent result: %w", err)
-	}
-	return nil
+	tx.Queue(db.IdempotencyCompleteSQL, idem.Subject, idem.Principal, tx.cmd.Name, idem.Key,
+		int32(r.Status), r.Body, pgtype.Text{String: r.Position, Valid: r.Position != ""})
 }

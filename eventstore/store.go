@@ -208,13 +208,11 @@ func (s *Store) attempt(ctx context.Context, cmd Command, requestHash []byte, de
 		r.Position = tx.last.String()
 		tx.recordUserPositions()
 	}
+	if idem := cmd.Idempotency; idem != nil {
+		tx.completeIdempotency(idem, r)
+	}
 	if err := tx.flush(ctx); err != nil {
 		return domain.Receipt{}, err
-	}
-	if idem := cmd.Idempotency; idem != nil {
-		if err := tx.completeIdempotency(ctx, idem, r); err != nil {
-			return domain.Receipt{}, err
-		}
 	}
 	if err := ptx.Commit(ctx); err != nil {
 		return domain.Receipt{}, mapPgError(fmt.Errorf("commit: %w", err))
