@@ -111,19 +111,17 @@ func (a *applier) apply(ctx context.Context, after eventstore.Cursor, recs []eve
 	if err != nil {
 		return 0, err
 	}
-	w := &Writer{Tx: tx, tables: a.tables}
-	applied := 0
+	var (
+		evs    []eventstore.Decoded
+		evsIdx []int
+	)
 	for i, ev := range decoded {
-		if skips[ev.Cursor] {
-			continue
+		if !skips[ev.Cursor] {
+			evs, evsIdx = append(evs, ev), append(evsIdx, idx[i])
 		}
-		if err := safeApply(ctx, a.proj, w, ev); err != nil {
-			if ctx.Err() != nil {
-				return 0, ctx.Err()
-			}
-			return 0, &poisonError{index: idx[i], rec: ev.Record, err: err}
-		}
-		applied++
+	}
+	if err := a.applyAll(ctx, tx, evs, evsIdx); err != nil {
+		return 0, err
 	}
 	if finish != nil {
 		if err := finish(ctx, tx); err != nil {
@@ -133,7 +131,43 @@ func (a *applier) apply(ctx context.Context, after eventstore.Cursor, recs []eve
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit: %w", err)
 	}
-	return applied, nil
+	return len(evs), nil
+}
+
+// applyAll applies evs (at batch indexes idx) in tx: with the projection's
+// ApplyBatch under a savepoint when it has one and there is more than one
+// event, else, or when that fails, one event at a time, which names the
+// poison event.
+func (a *applier) applyAll(ctx context.Context, tx pgx.Tx, evs []eventstore.Decoded, idx []int) error {
+	if ba, ok := a.proj.(BatchApplier); ok && len(evs) > 1 {
+		sp, err := tx.Begin(ctx)
+		if err != nil {
+			return fmt.Errorf("savepoint: %w", err)
+		}
+		err = safeApplyBatch(ctx, ba, &Writer{Tx: sp, tables: a.tables}, evs)
+		if err == nil {
+			if err := sp.Commit(ctx); err != nil {
+				return fmt.Errorf("release savepoint: %w", err)
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := sp.Rollback(ctx); err != nil {
+			return fmt.Errorf("rollback to savepoint: %w", err)
+		}
+	}
+	w := &Writer{Tx: tx, tables: a.tables}
+	for i, ev := range evs {
+		if err := safeApply(ctx, a.proj, w, ev); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return &poisonError{index: idx[i], rec: ev.Record, err: err}
+		}
+	}
+	return nil
 }
 
 // decode decodes recs (at batch indexes idx, following the cursor after)
@@ -173,6 +207,17 @@ func (a *applier) decode(ctx context.Context, after eventstore.Cursor, recs []ev
 		kept = append(kept, idx[i])
 	}
 	return out, kept, nil
+}
+
+// safeApplyBatch runs ApplyBatch, turning a panic into an error: the batch
+// is then applied event by event.
+func safeApplyBatch(ctx context.Context, ba BatchApplier, w *Writer, evs []eventstore.Decoded) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return ba.ApplyBatch(ctx, w, evs)
 }
 
 // safeApply runs Apply, turning a panic into an error so a bad event halts

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -119,6 +120,129 @@ ON CONFLICT (user_id) DO UPDATE SET
 		a.UserID, a.Free, a.Paid, a.Held, a.TotalEarned, a.TotalSpent, ev.OccurredAt)
 	if err != nil {
 		return fmt.Errorf("upsert balance: %w", err)
+	}
+	return nil
+}
+
+// balanceState is one account's row while a batch is folded in memory.
+type balanceState struct {
+	acct      domain.Account
+	updatedAt time.Time
+	deleted   bool // erased in this batch, after its last credit event
+	touched   bool
+}
+
+// ApplyBatch implements BatchApplier: it loads the rows of every account
+// the batch touches in one statement, folds the events in order in memory
+// exactly as Apply does (domain.Account.Apply; an erasure deletes the row,
+// and a later event would start from a zero account), and writes each
+// account once: one upsert and one delete for the whole batch.
+func (p balancesProjection) ApplyBatch(ctx context.Context, w *Writer, evs []eventstore.Decoded) error {
+	t := w.Table("balances")
+	states := map[uuid.UUID]*balanceState{}
+	var users []uuid.UUID
+	state := func(u uuid.UUID) *balanceState {
+		st, ok := states[u]
+		if !ok {
+			st = &balanceState{acct: domain.Account{UserID: u}}
+			states[u] = st
+			users = append(users, u)
+		}
+		return st
+	}
+	// Which accounts the batch touches, checking every event first.
+	type step struct {
+		ce   domain.CreditEvent // nil: an erasure of user
+		user uuid.UUID
+		at   time.Time
+	}
+	var steps []step
+	for _, ev := range evs {
+		if _, ok := p.Handlers[ev.EventType]; !ok {
+			continue
+		}
+		if ev.EventType == "user.erased" {
+			e, ok := ev.Event.(*domain.UserErased)
+			if !ok {
+				return fmt.Errorf("user.erased: unexpected payload %T", ev.Event)
+			}
+			state(e.UserID)
+			steps = append(steps, step{user: e.UserID})
+			continue
+		}
+		ce, err := creditEvent(ev)
+		if err != nil {
+			return err
+		}
+		if unclaimedPurchase(ce) {
+			continue
+		}
+		state(ce.Account())
+		steps = append(steps, step{ce: ce, user: ce.Account(), at: ev.OccurredAt})
+	}
+	if len(users) == 0 {
+		return nil
+	}
+	rows, err := w.Query(ctx, `SELECT user_id, free, paid, held, total_earned, total_spent FROM `+t+`
+WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
+	if err != nil {
+		return fmt.Errorf("load balances: %w", err)
+	}
+	var (
+		u uuid.UUID
+		a domain.Account
+	)
+	_, err = pgx.ForEachRow(rows, []any{&u, &a.Free, &a.Paid, &a.Held, &a.TotalEarned, &a.TotalSpent}, func() error {
+		a.UserID = u
+		states[u].acct = a
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("load balances: %w", err)
+	}
+	for _, s := range steps {
+		st := states[s.user]
+		st.touched = true
+		if s.ce == nil {
+			st.acct, st.deleted = domain.Account{UserID: s.user}, true
+			continue
+		}
+		st.acct.Apply(s.ce)
+		st.deleted, st.updatedAt = false, s.at
+	}
+	var (
+		ids, gone                                 []uuid.UUID
+		free, paid, held, totalEarned, totalSpent []int64
+		updated                                   []time.Time
+	)
+	for _, u := range users {
+		st := states[u]
+		switch {
+		case !st.touched:
+		case st.deleted:
+			gone = append(gone, u)
+		default:
+			ids = append(ids, u)
+			free, paid, held = append(free, st.acct.Free), append(paid, st.acct.Paid), append(held, st.acct.Held)
+			totalEarned, totalSpent = append(totalEarned, st.acct.TotalEarned), append(totalSpent, st.acct.TotalSpent)
+			updated = append(updated, st.updatedAt)
+		}
+	}
+	if len(ids) > 0 {
+		_, err := w.Exec(ctx, `INSERT INTO `+t+` AS b (user_id, free, paid, held, total_earned, total_spent, updated_at)
+SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::timestamptz[])
+ON CONFLICT (user_id) DO UPDATE SET
+    free = excluded.free, paid = excluded.paid, held = excluded.held,
+    total_earned = excluded.total_earned, total_spent = excluded.total_spent, updated_at = excluded.updated_at`,
+			ids, free, paid, held, totalEarned, totalSpent, updated)
+		if err != nil {
+			return fmt.Errorf("upsert balances: %w", err)
+		}
+	}
+	if len(gone) > 0 {
+		if _, err := w.Exec(ctx, `DELETE FROM `+t+` WHERE user_id = ANY($1)`, gone); err != nil {
+			return fmt.Errorf("delete balances: %w", err)
+		}
 	}
 	return nil
 }

@@ -37,6 +37,17 @@ type Projection interface {
 	Apply(ctx context.Context, w *Writer, ev eventstore.Decoded) error
 }
 
+// BatchApplier is implemented by projections that apply a batch of events
+// in fewer statements than one event at a time (loading the rows a batch
+// touches at once, writing each once). The runner and rebuild call
+// ApplyBatch for batches of more than one event, under a savepoint; when it
+// fails they roll back to the savepoint and apply the batch event by event
+// with Apply, so a poison event is found and halts the projection as usual.
+// ApplyBatch must leave the tables exactly as Apply over evs in order would.
+type BatchApplier interface {
+	ApplyBatch(ctx context.Context, w *Writer, evs []eventstore.Decoded) error
+}
+
 // Table is a read-model table a projection owns.
 type Table struct {
 	// Name is the logical name, which is also the live table's name.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -426,4 +428,60 @@ func TestCheckpointCompareAndSet(t *testing.T) {
 	if got := e.checkpoint(t, "cas"); got != feed[4].Cursor {
 		t.Errorf("checkpoint %s, want %s", got, feed[4].Cursor)
 	}
+}
+
+// batchCounter is the counter applying batches through ApplyBatch, the
+// way a BatchApplier does: the same rows, in fewer calls.
+type batchCounter struct {
+	*counter
+	batches atomic.Int64
+}
+
+func (b *batchCounter) ApplyBatch(ctx context.Context, w *projections.Writer, evs []eventstore.Decoded) error {
+	b.batches.Add(1)
+	for _, ev := range evs {
+		if err := b.counter.Apply(ctx, w, ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestBatchApplierFallsBackToFindThePoison: a batch ApplyBatch fails is
+// rolled back to its savepoint and applied event by event, which applies
+// the events before the poison one once each and halts on the poison one;
+// after a skip the rest applies, each event once.
+func TestBatchApplierFallsBackToFindThePoison(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const n, bad = 20, 12
+	pkgs := e.appendPackages(t, n, 1)
+	poisonID := pkgs[bad].PackageID
+	c := &batchCounter{counter: newCounter(t, e, "batch_poison")}
+	c.fail = func(ev eventstore.Decoded, _ int) error {
+		if ev.StreamID == poisonID.String() {
+			return fmt.Errorf("event %s: %w", ev.EventID, errRefused)
+		}
+		return nil
+	}
+	r, _ := e.newRunner(t, "node-a", []projections.Projection{c}, nil)
+	start(t, r)
+
+	feed := e.feed(t, n)
+	badAt := slices.IndexFunc(feed, func(rec eventstore.Record) bool { return rec.StreamID == poisonID.String() })
+	eventually(t, "the poison event retried", func() bool {
+		return e.count(t, `SELECT coalesce(max(attempts), 0) FROM projection_failures WHERE name = 'batch_poison' AND event_id = $1`, feed[badAt].EventID) >= 2
+	})
+	if got := e.checkpoint(t, "batch_poison"); got != feed[badAt-1].Cursor {
+		t.Fatalf("checkpoint %s, want the event before the poison one, %s", got, feed[badAt-1].Cursor)
+	}
+	e.checkApplied(t, "batch_poison", feed[:badAt])
+	if c.batches.Load() == 0 {
+		t.Fatal("ApplyBatch was never called")
+	}
+	if err := projections.Skip(ctxT(t), e.pool, "batch_poison", feed[badAt].Cursor, "ops"); err != nil {
+		t.Fatal(err)
+	}
+	e.waitApplied(t, "batch_poison", feed[len(feed)-1].Cursor)
+	e.checkApplied(t, "batch_poison", append(append([]eventstore.Record{}, feed[:badAt]...), feed[badAt+1:]...))
 }
