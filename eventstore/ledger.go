@@ -390,6 +390,32 @@ type balanceRow struct {
 	free, paid, held, totalEarned, totalSpent int64
 }
 
+// buckets returns the row's buckets and totals as an account.
+func (b balanceRow) buckets() domain.Account {
+	return domain.Account{Free: b.free, Paid: b.paid, Held: b.held, TotalEarned: b.totalEarned, TotalSpent: b.totalSpent}
+}
+
+// bucketDiffs names each bucket and total in which row, as the table where
+// says, differs from the fold.
+func bucketDiffs(where string, row, fold domain.Account) []string {
+	var diffs []string
+	for _, c := range []struct {
+		name      string
+		row, fold int64
+	}{
+		{"free", row.Free, fold.Free},
+		{"paid", row.Paid, fold.Paid},
+		{"held", row.Held, fold.Held},
+		{"total_earned", row.TotalEarned, fold.TotalEarned},
+		{"total_spent", row.TotalSpent, fold.TotalSpent},
+	} {
+		if c.row != c.fold {
+			diffs = append(diffs, fmt.Sprintf("%s is %d in %s, %d by the fold", c.name, c.row, where, c.fold))
+		}
+	}
+	return diffs
+}
+
 // accountFold is the fold of one account's credit events.
 type accountFold struct {
 	acct    domain.Account
@@ -551,21 +577,7 @@ WHERE stream_type = $1 AND stream_id = ANY($2::text[]) AND event_type = 'user.er
 		if f.events == 0 {
 			return fail(cp, fmt.Sprintf("user %s has a balances row but no credit events up to checkpoint %s", b.user, cp)), nil
 		}
-		var diffs []string
-		for _, c := range []struct {
-			name      string
-			row, fold int64
-		}{
-			{"free", b.free, f.acct.Free},
-			{"paid", b.paid, f.acct.Paid},
-			{"held", b.held, f.acct.Held},
-			{"total_earned", b.totalEarned, f.acct.TotalEarned},
-			{"total_spent", b.totalSpent, f.acct.TotalSpent},
-		} {
-			if c.row != c.fold {
-				diffs = append(diffs, fmt.Sprintf("%s is %d in the read model, %d by the fold", c.name, c.row, c.fold))
-			}
-		}
+		diffs := bucketDiffs("the read model", b.buckets(), f.acct)
 		if len(diffs) > 0 {
 			reason := fmt.Sprintf("user %s: %s of its %d credit events up to checkpoint %s", b.user, strings.Join(diffs, ", "), f.events, cp)
 			skipped, err := v.skipped(ctx, cp, b.user)
@@ -600,11 +612,10 @@ WHERE f.name = $1 AND f.resolution = 'skipped' AND e.stream_type = $2 AND e.stre
 
 // accountRow is one row of credit_accounts.
 type accountRow struct {
-	user                                      uuid.UUID
-	version                                   int64
-	free, paid, held, totalEarned, totalSpent int64
-	lastDailyGrant                            string
-	head                                      []byte
+	balanceRow
+	version        int64
+	lastDailyGrant string
+	head           []byte
 }
 
 func (v *ledgerVerifier) accounts(ctx context.Context) (*Discrepancy, error) {
@@ -650,21 +661,10 @@ func (v *ledgerVerifier) accountPage(ctx context.Context, page []accountRow) (*D
 	for _, a := range page {
 		f := folds[a.user]
 		var diffs []string
-		for _, c := range []struct {
-			name      string
-			row, fold int64
-		}{
-			{"version", a.version, f.version},
-			{"free", a.free, f.acct.Free},
-			{"paid", a.paid, f.acct.Paid},
-			{"held", a.held, f.acct.Held},
-			{"total_earned", a.totalEarned, f.acct.TotalEarned},
-			{"total_spent", a.totalSpent, f.acct.TotalSpent},
-		} {
-			if c.row != c.fold {
-				diffs = append(diffs, fmt.Sprintf("%s is %d in credit_accounts, %d by the fold", c.name, c.row, c.fold))
-			}
+		if a.version != f.version {
+			diffs = append(diffs, fmt.Sprintf("version is %d in credit_accounts, %d by the fold", a.version, f.version))
 		}
+		diffs = append(diffs, bucketDiffs("credit_accounts", a.buckets(), f.acct)...)
 		if a.lastDailyGrant != f.acct.LastDailyGrant {
 			diffs = append(diffs, fmt.Sprintf("last_daily_grant is %q in credit_accounts, %q by the fold", a.lastDailyGrant, f.acct.LastDailyGrant))
 		}
