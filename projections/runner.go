@@ -390,13 +390,9 @@ func (p *projector) catchUp(ctx context.Context, target *eventstore.Cursor, msgs
 				}
 				recs = nil // re-read: an operator may have skipped it
 			case errors.Is(err, errCheckpointMoved):
-				cp, err := loadCheckpoint(ctx, p.r.store.Pool(), p.name)
-				if err != nil {
+				if err := p.reloadCheckpoint(ctx); err != nil {
 					return err
 				}
-				p.log.Info("projection checkpoint moved by another writer", "from", p.cp.cursor.String(), "to", cp.cursor.String())
-				p.cp, p.stored = cp, cp.cursor
-				p.watch.advance(cp.cursor)
 				recs = nil
 			default:
 				return err
@@ -451,19 +447,25 @@ func (p *projector) savePassed(ctx context.Context) error {
 		return advanceCheckpoint(ctx, tx, p.name, p.stored, next)
 	})
 	if errors.Is(err, errCheckpointMoved) {
-		// Another writer moved it; the next catch-up reloads it.
-		cp, lerr := loadCheckpoint(ctx, p.r.store.Pool(), p.name)
-		if lerr != nil {
-			return lerr
-		}
-		p.cp, p.stored = cp, cp.cursor
-		p.watch.advance(cp.cursor)
-		return nil
+		return p.reloadCheckpoint(ctx)
 	}
 	if err != nil {
 		return err
 	}
 	p.stored = next.Cursor
+	return nil
+}
+
+// reloadCheckpoint takes the stored checkpoint after another writer (a
+// holder before this one, a rebuild's swap) moved it.
+func (p *projector) reloadCheckpoint(ctx context.Context) error {
+	cp, err := loadCheckpoint(ctx, p.r.store.Pool(), p.name)
+	if err != nil {
+		return err
+	}
+	p.log.Info("projection checkpoint moved by another writer", "from", p.cp.cursor.String(), "to", cp.cursor.String())
+	p.cp, p.stored = cp, cp.cursor
+	p.watch.advance(cp.cursor)
 	return nil
 }
 
