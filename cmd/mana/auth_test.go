@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto"
 	"crypto/hmac"
 	"crypto/rand"
@@ -13,9 +12,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"strconv"
 	"strings"
@@ -29,7 +26,6 @@ import (
 	"github.com/manacore/mana/api"
 	"github.com/manacore/mana/api/apitest"
 	"github.com/manacore/mana/eventstore"
-	"github.com/manacore/mana/internal/pgtest"
 )
 
 // authWait bounds every poll of the auth tests.
@@ -56,54 +52,7 @@ type authServer struct {
 // in extra it serves a clone of the migrated template (pgtest.NewDB).
 func startAuthServer(t *testing.T, extra map[string]string) *authServer {
 	t.Helper()
-	vars := map[string]string{
-		"DATA_DIR":          t.TempDir(),
-		"ARGON2_MEMORY_KIB": "1024",
-		"ARGON2_TIME":       "1",
-	}
-	if _, ok := extra["DATABASE_URL"]; !ok {
-		vars["DATABASE_URL"] = pgtest.NewDB(t)
-	}
-	for k, v := range extra {
-		vars[k] = v
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &authServer{vars: vars, log: newLogWriter()}
-	done := make(chan int, 1)
-	go func() {
-		var stdout bytes.Buffer
-		done <- run(ctx, []string{"serve", "--port", "0"}, envOf(vars), &stdout, s.log)
-	}()
-	exited := false
-	t.Cleanup(func() {
-		cancel()
-		if !exited {
-			select {
-			case <-done:
-			case <-time.After(shutdownTimeout):
-				t.Errorf("serve did not return within %v of cancellation", shutdownTimeout)
-			}
-		}
-		if t.Failed() {
-			t.Logf("serve log:\n%s", s.log)
-		}
-	})
-	var addr string
-	select {
-	case addr = <-s.log.addr:
-	case code := <-done:
-		exited = true
-		t.Fatalf("serve exited with %d before listening", code)
-	case <-time.After(startupTimeout):
-		t.Fatalf("serve did not listen within %v", startupTimeout)
-	}
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		t.Fatalf("listening addr %q: %v", addr, err)
-	}
-	target := &url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", port)}
-	s.c = apitest.New(t, &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }})
-	return s
+	return startServe(t, extra)
 }
 
 // remember records secrets that must never appear in the event log.

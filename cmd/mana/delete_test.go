@@ -226,14 +226,22 @@ func countRows(t *testing.T, conn *pgx.Conn, q string, args ...any) int {
 // waitFor polls cond until it holds, for at most projectionWait.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(projectionWait)
+	if !poll(projectionWait, cond) {
+		t.Errorf("gave up waiting %v for %s", projectionWait, what)
+	}
+}
+
+// poll calls cond every 50 ms until it holds or limit has passed, and
+// reports whether it held.
+func poll(limit time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(limit)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Errorf("gave up waiting %v for %s", projectionWait, what)
-			return
+			return false
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	return true
 }
 
 // waitApplied waits until every projection's checkpoint is at or past

@@ -396,15 +396,12 @@ func (l *spendLoad) resolve(t *testing.T) {
 	t.Logf("spend load: %d keys, answers %v, %d resolved by retry", len(l.sent), l.statuses, len(keys))
 }
 
-// waitUntil polls cond every 50 ms for up to resilienceWait.
+// waitUntil polls cond for up to resilienceWait and fails the test if it
+// never holds.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(resilienceWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", resilienceWait, what)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !poll(resilienceWait, cond) {
+		t.Fatalf("timed out after %v waiting for %s", resilienceWait, what)
 	}
 }
 
